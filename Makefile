@@ -1,0 +1,130 @@
+# Build CRuby 3.4.5 with the io_uring Fiber::Scheduler series, and test it.
+#
+#   make                  patched ruby in build/ruby (bin/ruby)
+#   make test             our tests and the CRuby suites the series touches
+#   make test-all         CRuby's full test-all on the patched ruby
+#   make test-nouring     `make test` with io_uring disabled at runtime
+#   make stock            unpatched ruby in build/stock/ruby, for comparisons
+#   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree)
+#   make CONFIGURE_ARGS=--disable-io-uring BUILD=build-nouring
+#                         a patched ruby with no io_uring code at all
+#
+# Nothing is downloaded but Debian source packages, fetched once with apt-get
+# into $(CACHE).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := all
+
+TOP := $(abspath .)
+BUILD ?= $(TOP)/build
+override BUILD := $(abspath $(BUILD))
+CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ruby-uring-series
+JOBS ?= $(shell nproc)
+
+# The base: Debian's ruby3.4 source package (upstream 3.4.5, pristine).
+RUBY_DEB := ruby3.4 3.4.5-1~exp1 141fb3b0192b8196361b3b4d6c29fc9b10c0798dbe54ada1539d9f1c311bfcbf
+LIBURING_DEB := liburing 2.15-1 efd299ff27cde40a45efc7dbb97ebe40a0c461921cb462f1d62611642bb4ee86
+
+RUBY_SRC ?=
+CONFIGURE_ARGS ?=
+LIBURING ?= $(BUILD)/liburing
+
+TREE := $(BUILD)/src
+OBJ := $(BUILD)/obj
+PREFIX := $(BUILD)/ruby
+STOCK := $(BUILD)/stock
+
+# `make test`: our tests, then the CRuby suites the series touches.
+OUR_TESTS := $(patsubst test/%,%,$(shell find test -name 'test_*.rb' | LC_ALL=C sort))
+TOUCHED_SUITES := fiber io ruby/test_io.rb ruby/test_io_buffer.rb ruby/test_io_m17n.rb \
+	ruby/test_io_timeout.rb ruby/test_process.rb
+TESTOPTS ?= -j$(JOBS)
+# Tests that fail on stock 3.4.5 only because they run as root (see the files).
+EXCLUDE_OPTS := -X $(TREE)/test/.excludes-root
+
+CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
+	$(if $(filter --disable-io-uring --without-liburing,$(CONFIGURE_ARGS)),,--with-liburing=$(LIBURING)) \
+	$(CONFIGURE_ARGS)
+
+.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring clean distclean
+
+all: ruby
+
+deps:
+	@$(TOP)/tools/deps.sh
+
+# --- sources ---------------------------------------------------------------
+$(CACHE)/ruby-tarball:
+	@mkdir -p $(CACHE)
+	@$(TOP)/tools/fetch-source.sh $(RUBY_DEB) $(CACHE) > $@.tmp && mv $@.tmp $@
+
+$(CACHE)/liburing-tarball:
+	@mkdir -p $(CACHE)
+	@$(TOP)/tools/fetch-source.sh $(LIBURING_DEB) $(CACHE) > $@.tmp && mv $@.tmp $@
+
+ORIGIN = $(if $(RUBY_SRC),$(abspath $(RUBY_SRC)),$$(cat $(CACHE)/ruby-tarball))
+ORIGIN_DEP = $(if $(RUBY_SRC),,$(CACHE)/ruby-tarball)
+
+# --- liburing (static, position independent: extensions link it too) -------
+liburing: $(BUILD)/liburing/lib/liburing.a
+
+$(BUILD)/liburing/lib/liburing.a: | $(CACHE)/liburing-tarball deps
+	rm -rf $(BUILD)/liburing-src && mkdir -p $(BUILD)/liburing-src
+	tar xzf $$(cat $(CACHE)/liburing-tarball) -C $(BUILD)/liburing-src --strip-components=1
+	cd $(BUILD)/liburing-src && ./configure --prefix=$(BUILD)/liburing > /dev/null
+	$(MAKE) -C $(BUILD)/liburing-src/src -j$(JOBS) ENABLE_SHARED=0 CFLAGS="-O2 -g -fPIC" > /dev/null
+	$(MAKE) -C $(BUILD)/liburing-src/src install ENABLE_SHARED=0 > /dev/null
+	@echo "liburing: installed $$(sed -n 's/^Version: //p' $(BUILD)/liburing-src/liburing.spec) (static) in $(BUILD)/liburing"
+
+# --- patched ruby ------------------------------------------------------------
+tree: | deps $(ORIGIN_DEP)
+	@$(TOP)/tools/prepare-tree.sh $(ORIGIN) $(TREE)
+
+configure: tree $(if $(findstring $(LIBURING),$(CONFIGURE_FLAGS)),liburing)
+	@mkdir -p $(OBJ)
+	@if [ ! -f $(OBJ)/Makefile ] || [ "$$(cat $(OBJ)/.configure-flags 2>/dev/null)" != "$(CONFIGURE_FLAGS)" ]; then \
+	    echo "configure $(CONFIGURE_FLAGS)"; \
+	    (cd $(OBJ) && $(TREE)/configure $(CONFIGURE_FLAGS) > configure.log) || \
+	        { tail -n 30 $(OBJ)/configure.log; exit 1; }; \
+	    echo "$(CONFIGURE_FLAGS)" > $(OBJ)/.configure-flags; \
+	fi
+
+# HAVE_BASERUBY=no: `make install` must not try to download bundled gems.
+ruby: configure
+	+$(MAKE) -C $(OBJ) -j$(JOBS) > $(OBJ)/make.log 2>&1 || { tail -n 40 $(OBJ)/make.log; exit 1; }
+	+$(MAKE) -C $(OBJ) install-nodoc HAVE_BASERUBY=no > $(OBJ)/install.log 2>&1 || \
+	    { tail -n 40 $(OBJ)/install.log; exit 1; }
+	@$(PREFIX)/bin/ruby -v
+
+# --- stock ruby --------------------------------------------------------------
+stock: | deps $(ORIGIN_DEP)
+	@$(TOP)/tools/prepare-tree.sh --stock $(ORIGIN) $(STOCK)/src
+	@mkdir -p $(STOCK)/obj
+	@[ -f $(STOCK)/obj/Makefile ] || (cd $(STOCK)/obj && $(STOCK)/src/configure \
+	    --prefix=$(STOCK)/ruby --disable-install-doc > configure.log)
+	+$(MAKE) -C $(STOCK)/obj -j$(JOBS) > $(STOCK)/obj/make.log 2>&1 || { tail -n 40 $(STOCK)/obj/make.log; exit 1; }
+	+$(MAKE) -C $(STOCK)/obj install-nodoc HAVE_BASERUBY=no > $(STOCK)/obj/install.log 2>&1 || \
+	    { tail -n 40 $(STOCK)/obj/install.log; exit 1; }
+	@$(STOCK)/ruby/bin/ruby -v
+
+# --- tests -------------------------------------------------------------------
+test: ruby
+	+$(MAKE) -C $(OBJ) test-all TESTS="$(OUR_TESTS) $(TOUCHED_SUITES)" \
+	    TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"
+
+test-all: ruby
+	+$(MAKE) -C $(OBJ) test-all TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"
+
+# io_uring refused by the kernel (as with io_uring_disabled=2 or a seccomp
+# filter).  As root this flips the real sysctl for the run and restores it;
+# otherwise RUBY_IO_URING=0 makes ruby's probe fail the same way.
+test-nouring: ruby
+	@$(TOP)/tools/without-io-uring.sh $(MAKE) -C $(OBJ) test-all \
+	    TESTS="$(OUR_TESTS) $(TOUCHED_SUITES)" TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"
+
+clean:
+	rm -rf $(OBJ) $(PREFIX) $(STOCK)/obj $(STOCK)/ruby
+
+distclean:
+	rm -rf $(BUILD)

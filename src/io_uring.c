@@ -1,0 +1,364 @@
+/**********************************************************************
+
+  io_uring.c - a lazily created, per-thread io_uring for CRuby's own
+               blocking operations.
+
+  See internal/io_uring.h for the interface.
+
+**********************************************************************/
+
+#include "ruby/internal/config.h"
+#include "internal/io_uring.h"
+
+#if USE_IO_URING
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ruby/ruby.h"
+#include "ruby/thread.h"
+#include "ccan/list/list.h"
+
+/* Ruby's own operations are few and synchronous: a small ring will do. */
+#define RING_ENTRIES 64
+
+struct thread_ring {
+    struct io_uring ring;
+    struct ccan_list_node node;
+};
+
+enum ring_availability {
+    RING_UNKNOWN = 0,   /* no ring was set up yet */
+    RING_AVAILABLE,     /* a ring was set up: the kernel supports io_uring */
+    RING_REFUSED,       /* the kernel (or RUBY_IO_URING=0) refused io_uring */
+};
+
+static pthread_key_t ring_key;
+static int ring_key_error;
+static volatile enum ring_availability availability;
+
+/* Every ring of the process, so a forked child can drop them all. */
+static pthread_mutex_t rings_lock = PTHREAD_MUTEX_INITIALIZER;
+static CCAN_LIST_HEAD(rings);
+
+/* Opcodes the kernel supports, from the first ring's probe. */
+static unsigned char supported_ops[IORING_OP_LAST];
+
+static void
+ring_release(struct thread_ring *t)
+{
+    io_uring_queue_exit(&t->ring);
+    free(t);
+}
+
+/* pthread key destructor: the native thread is exiting. */
+static void
+ring_thread_exit(void *ptr)
+{
+    struct thread_ring *t = ptr;
+
+    pthread_mutex_lock(&rings_lock);
+    ccan_list_del(&t->node);
+    pthread_mutex_unlock(&rings_lock);
+    ring_release(t);
+}
+
+static void
+ring_atfork_prepare(void)
+{
+    pthread_mutex_lock(&rings_lock);
+}
+
+static void
+ring_atfork_parent(void)
+{
+    pthread_mutex_unlock(&rings_lock);
+}
+
+/*
+ * In a forked child every ring belongs to the parent, whose submission and
+ * completion queues are shared memory.  Unmap them and close our copies of
+ * the descriptors without submitting anything; the parent's rings are
+ * untouched.  The forking thread gets a fresh ring on its next use.
+ */
+static void
+ring_atfork_child(void)
+{
+    struct thread_ring *t, *next;
+
+    ccan_list_for_each_safe(&rings, t, next, node) {
+        ccan_list_del(&t->node);
+        ring_release(t);
+    }
+    pthread_setspecific(ring_key, NULL);
+    pthread_mutex_unlock(&rings_lock);
+}
+
+static void
+ring_probe(struct io_uring *ring)
+{
+    struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+    int op;
+
+    if (!probe) return;
+    for (op = 0; op < IORING_OP_LAST; op++) {
+        supported_ops[op] = io_uring_opcode_supported(probe, op) ? 1 : 0;
+    }
+    io_uring_free_probe(probe);
+}
+
+static struct thread_ring *
+ring_create(void)
+{
+    struct thread_ring *t = calloc(1, sizeof(*t));
+    struct io_uring_params params;
+    int ret;
+
+    if (!t) return NULL;
+
+    /* Only this thread submits, and it reaps completions only while it
+     * waits: the kernel can then skip the work needed for sharing. */
+    memset(&params, 0, sizeof(params));
+    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    ret = io_uring_queue_init_params(RING_ENTRIES, &t->ring, &params);
+    if (ret == -EINVAL) {
+        /* Kernels before 6.1 lack these flags. */
+        memset(&params, 0, sizeof(params));
+        ret = io_uring_queue_init_params(RING_ENTRIES, &t->ring, &params);
+    }
+    if (ret < 0) {
+        free(t);
+        switch (-ret) {
+          case ENOSYS:     /* not built into the kernel */
+          case EPERM:      /* kernel.io_uring_disabled, io_uring_group */
+          case EACCES:     /* an LSM said no */
+          case EOPNOTSUPP:
+            availability = RING_REFUSED;
+            break;
+          default:         /* EMFILE, ENOMEM, ...: maybe later */
+            break;
+        }
+        errno = -ret;
+        return NULL;
+    }
+
+    if (availability != RING_AVAILABLE) {
+        ring_probe(&t->ring);
+        availability = RING_AVAILABLE;
+    }
+    return t;
+}
+
+struct io_uring *
+rb_io_uring_get(void)
+{
+    struct thread_ring *t;
+
+    if (availability == RING_REFUSED) {
+        errno = EPERM;
+        return NULL;
+    }
+    if (ring_key_error) {
+        errno = ring_key_error;
+        return NULL;
+    }
+
+    t = pthread_getspecific(ring_key);
+    if (t) return &t->ring;
+
+    t = ring_create();
+    if (!t) return NULL;
+
+    pthread_mutex_lock(&rings_lock);
+    ccan_list_add(&rings, &t->node);
+    pthread_mutex_unlock(&rings_lock);
+    pthread_setspecific(ring_key, t);
+    return &t->ring;
+}
+
+bool
+rb_io_uring_supported_p(int opcode)
+{
+    if (opcode < 0 || opcode >= IORING_OP_LAST) return false;
+    if (availability != RING_AVAILABLE && !rb_io_uring_get()) return false;
+    return supported_ops[opcode] != 0;
+}
+
+struct io_uring_sqe *
+rb_io_uring_sqe(struct io_uring *ring, struct rb_io_uring_op *op)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+
+    if (!sqe) return NULL;
+    op->result = 0;
+    op->flags = 0;
+    op->done = 0;
+    io_uring_sqe_set_data(sqe, op);
+    return sqe;
+}
+
+struct ring_wait {
+    struct io_uring *ring;
+    int pending;        /* operations not completed yet */
+    int error;          /* negated errno of the last io_uring_enter */
+    bool called;        /* the blocking function ran */
+};
+
+/* Record every completion available.  Entries with no op (cancellation
+ * requests) are only consumed. */
+static void
+ring_reap(struct ring_wait *w)
+{
+    struct io_uring_cqe *cqe;
+    unsigned int head, seen = 0;
+
+    io_uring_for_each_cqe(w->ring, head, cqe) {
+        struct rb_io_uring_op *op = io_uring_cqe_get_data(cqe);
+
+        if (op) {
+            op->result = cqe->res;
+            op->flags = cqe->flags;
+            op->done = 1;
+            w->pending--;
+        }
+        seen++;
+    }
+    io_uring_cq_advance(w->ring, seen);
+}
+
+/* Submit what is queued and wait for one completion, without the GVL.
+ * A signal (ubf_select's, for a Ruby interrupt) ends the wait with -EINTR. */
+static void *
+ring_wait_nogvl(void *ptr)
+{
+    struct ring_wait *w = ptr;
+    int ret;
+
+    w->called = true;
+    ret = io_uring_submit_and_wait(w->ring, 1);
+    w->error = ret < 0 ? ret : 0;
+    return NULL;
+}
+
+static bool
+ring_enter_error_p(int ret)
+{
+    return ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY;
+}
+
+/*
+ * The ring failed (its descriptor was closed behind our back, say): forget
+ * it.  Tearing a ring down makes the kernel cancel what is still in flight;
+ * the next rb_io_uring_get() of this thread makes a new one.
+ */
+static void
+ring_discard(struct io_uring *ring)
+{
+    struct thread_ring *t = pthread_getspecific(ring_key);
+
+    if (!t || &t->ring != ring) return;
+    pthread_mutex_lock(&rings_lock);
+    ccan_list_del(&t->node);
+    pthread_mutex_unlock(&rings_lock);
+    pthread_setspecific(ring_key, NULL);
+    ring_release(t);
+}
+
+/* Cancel everything in flight and wait for all of it to complete.  The GVL
+ * stays held: cancellation completes promptly, and until it has, the memory
+ * the kernel writes to must not be reused.  Returns 0, or the error that
+ * broke the ring. */
+static int
+ring_cancel_and_drain(struct ring_wait *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(w->ring);
+    bool cancelled = false;
+
+    while (w->pending > 0) {
+        int ret;
+
+        if (!cancelled) {
+            if (!sqe) {
+                io_uring_submit(w->ring);
+                sqe = io_uring_get_sqe(w->ring);
+            }
+            if (sqe) {
+                io_uring_prep_cancel(sqe, NULL, IORING_ASYNC_CANCEL_ANY);
+                io_uring_sqe_set_data(sqe, NULL);
+                cancelled = true;
+            }
+        }
+        ret = io_uring_submit_and_wait(w->ring, 1);
+        if (ring_enter_error_p(ret)) return ret;
+        ring_reap(w);
+    }
+    return 0;
+}
+
+int
+rb_io_uring_wait(struct io_uring *ring, struct rb_io_uring_op *ops, int count)
+{
+    struct ring_wait w;
+    int i, ret;
+
+    w.ring = ring;
+    w.pending = 0;
+    w.error = 0;
+    for (i = 0; i < count; i++) {
+        if (!ops[i].done) w.pending++;
+    }
+
+    /* Many operations complete while they are submitted: try that before
+     * paying for a GVL release. */
+    ret = io_uring_submit(ring);
+    if (ring_enter_error_p(ret)) w.error = ret;
+    ring_reap(&w);
+
+    while (w.pending > 0 && w.error == 0) {
+        w.called = false;
+        rb_thread_call_without_gvl2(ring_wait_nogvl, &w, RUBY_UBF_IO, 0);
+        ring_reap(&w);
+        if (w.pending == 0) break;
+
+        if (!w.called ||
+            (w.error == -EINTR && rb_thread_interrupted(rb_thread_current()))) {
+            ret = ring_cancel_and_drain(&w);
+            if (ret == 0) return -EINTR;
+            w.error = ret;
+            break;
+        }
+        if (!ring_enter_error_p(w.error)) {
+            w.error = 0;    /* a stray signal, or a full completion queue */
+        }
+    }
+
+    if (w.error) {
+        if (w.pending > 0) ring_cancel_and_drain(&w);
+        ring_discard(ring);
+        return w.error;
+    }
+    return 0;
+}
+
+#endif /* USE_IO_URING */
+
+void
+Init_io_uring(void)
+{
+#if USE_IO_URING
+    const char *env = getenv("RUBY_IO_URING");
+
+    /* RUBY_IO_URING=0 makes ruby behave as if the kernel refused io_uring:
+     * a switch for debugging and for testing the fallback paths. */
+    if (env && strcmp(env, "0") == 0) {
+        availability = RING_REFUSED;
+    }
+    ring_key_error = pthread_key_create(&ring_key, ring_thread_exit);
+    if (ring_key_error == 0) {
+        pthread_atfork(ring_atfork_prepare, ring_atfork_parent, ring_atfork_child);
+    }
+#endif
+}

@@ -1,0 +1,203 @@
+#!/bin/bash
+# Apply the io_uring Fiber::Scheduler series to a CRuby source tree.
+#
+#   tools/apply.sh [--check | --reverse | --commit] RUBY_TREE
+#
+#   (default)   copy src/ and test/ into the tree, then apply patches/series
+#               in order to the working files.  Works on a git checkout and on
+#               a plain (tarball) tree.
+#   --check     dry run: say whether the series applies; name the failing
+#               patch and file and exit 1 if it does not.
+#   --reverse   undo the series and remove the files copied from src/ and test/.
+#   --commit    (git checkouts only) apply each patch as a commit with
+#               `git am`, keeping its author and message.  This is how the
+#               build tree is made, so tools/export-patches.sh reproduces the
+#               series exactly.
+#   --sources   only copy the changed files of src/ and test/ into the tree,
+#               leaving its patches alone (the build tree, whose patches are
+#               its git commits, uses this).
+#
+# The tree is checked before anything is written: a tree the series does not
+# apply to cleanly (local changes that conflict, another version, a partially
+# patched tree) is refused and left untouched.  Running it on a tree that
+# already carries the series changes nothing and says so (exit 0).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+mode=apply
+tree=
+for arg; do
+    case $arg in
+        --check) mode=check ;;
+        --reverse) mode=reverse ;;
+        --commit) mode=commit ;;
+        --sources) mode=sources ;;
+        -h|--help) sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        -*) echo "apply.sh: unknown option $arg" >&2; exit 2 ;;
+        *) [ -z "$tree" ] || { echo "apply.sh: one tree only" >&2; exit 2; }; tree=$arg ;;
+    esac
+done
+[ -n "$tree" ] || { echo "usage: tools/apply.sh [--check|--reverse|--commit] RUBY_TREE" >&2; exit 2; }
+[ -d "$tree" ] || { echo "apply.sh: $tree: no such directory" >&2; exit 2; }
+tree=$(cd "$tree" && pwd)
+[ -f "$tree/configure.ac" ] && [ -f "$tree/io.c" ] && [ -f "$tree/scheduler.c" ] ||
+    { echo "apply.sh: $tree does not look like a CRuby source tree" >&2; exit 2; }
+
+say() { echo "apply.sh: $*"; }
+die() { echo "apply.sh: $*" >&2; exit 1; }
+
+patches=()
+while read -r line; do
+    line=${line%%#*}
+    line=${line//[[:space:]]/}
+    [ -n "$line" ] && patches+=("$here/patches/$line")
+done < "$here/patches/series"
+n=${#patches[@]}
+reversed=()
+for ((i = n - 1; i >= 0; i--)); do reversed+=("${patches[i]}"); done
+
+is_git=false
+if [ "$(git -C "$tree" rev-parse --show-toplevel 2>/dev/null)" = "$tree" ]; then
+    is_git=true
+fi
+[ "$mode" != commit ] || $is_git || die "--commit needs a git checkout; $tree is not one"
+
+# git apply in the tree.  A plain tree may sit inside another repository (the
+# build directory of a clone, say): stop git from discovering that one.
+tree_apply() {
+    if $is_git; then
+        git -C "$tree" apply "$@"
+    else
+        (cd "$tree" && GIT_CEILING_DIRECTORIES=$(dirname "$tree") git apply "$@")
+    fi
+}
+
+# The files we copy: src/X -> X, test/X -> test/X.
+copied_files() {
+    (cd "$here" && find src test -type f ! -name '*~' | LC_ALL=C sort) |
+        while read -r f; do
+            case $f in src/*) echo "$f ${f#src/}" ;; *) echo "$f $f" ;; esac
+        done
+}
+
+# State of the tree: "applied", "clean" (series applies), or "conflict".
+state=conflict
+if [ "$mode" = sources ] || [ "$n" -eq 0 ]; then
+    state=applied
+elif tree_apply --check --reverse "${reversed[@]}" 2>/dev/null; then
+    state=applied
+elif tree_apply --check "${patches[@]}" 2>/dev/null; then
+    state=clean
+fi
+
+# Name the first patch that does not apply on top of the ones before it.
+explain_conflict() {
+    local i err
+    for ((i = 1; i <= n; i++)); do
+        if ! err=$(tree_apply --check "${patches[@]:0:i}" 2>&1); then
+            echo "apply.sh: patches/$(basename "${patches[i-1]}") does not apply to $tree:" >&2
+            echo "$err" | grep -E 'error:' | sed 's/^/    /' >&2
+            break
+        fi
+    done
+    for ((i = n - 1; i >= 1; i--)); do
+        if tree_apply --check --reverse "${reversed[@]:n-i}" 2>/dev/null; then
+            echo "apply.sh: the tree already carries patches 1-$i of $n (partially patched);" \
+                 "restore it, or undo them with: tools/apply.sh --reverse" >&2
+            break
+        fi
+    done
+}
+
+# Files copied from src/ and test/ must not clobber different files in a tree
+# that does not carry the series yet.
+copy_conflicts=()
+while read -r from to; do
+    if [ -e "$tree/$to" ] && ! cmp -s "$here/$from" "$tree/$to" && [ "$state" = clean ]; then
+        copy_conflicts+=("$to")
+    fi
+done < <(copied_files)
+
+case $mode in
+check)
+    if [ "$state" = applied ]; then
+        say "the series ($n patches) is already applied to $tree"
+        exit 0
+    fi
+    if [ "$state" = conflict ]; then
+        explain_conflict
+        exit 1
+    fi
+    if [ ${#copy_conflicts[@]} -gt 0 ]; then
+        die "these files exist in $tree and differ from ours: ${copy_conflicts[*]}"
+    fi
+    say "the series ($n patches) applies cleanly to $tree"
+    ;;
+apply|commit|sources)
+    if [ "$state" = conflict ]; then
+        explain_conflict
+        die "refusing to patch $tree; nothing was changed"
+    fi
+    [ ${#copy_conflicts[@]} -eq 0 ] ||
+        die "refusing to overwrite files in $tree that differ from ours: ${copy_conflicts[*]}"
+    updated=0
+    while read -r from to; do
+        if ! cmp -s "$here/$from" "$tree/$to"; then
+            mkdir -p "$(dirname "$tree/$to")"
+            cp "$here/$from" "$tree/$to"
+            updated=$((updated + 1))
+            if [ "$mode" != apply ] && $is_git; then
+                # Copied sources are not part of any patch: keep them out of
+                # the tree's history so the exported series stays the series.
+                exclude=$(git -C "$tree" rev-parse --git-path info/exclude)
+                case $exclude in /*) ;; *) exclude=$tree/$exclude ;; esac
+                mkdir -p "$(dirname "$exclude")"
+                grep -qxF "/$to" "$exclude" 2>/dev/null || echo "/$to" >> "$exclude"
+            fi
+        fi
+    done < <(copied_files)
+    if [ "$mode" = sources ]; then
+        [ "$updated" -eq 0 ] || say "copied $updated changed file(s) from src/ and test/"
+        exit 0
+    fi
+    if [ "$state" = applied ]; then
+        if [ "$updated" -gt 0 ]; then
+            say "the series is already applied; updated $updated copied file(s) from src/ and test/"
+        else
+            say "the series ($n patches) is already applied to $tree; nothing to do"
+        fi
+        exit 0
+    fi
+    if [ "$mode" = commit ]; then
+        export GIT_COMMITTER_NAME=${GIT_COMMITTER_NAME:-series} GIT_COMMITTER_EMAIL=${GIT_COMMITTER_EMAIL:-series@localhost}
+        git -C "$tree" am --quiet --keep-cr --committer-date-is-author-date "${patches[@]}" ||
+            { git -C "$tree" am --abort 2>/dev/null || true; die "git am failed; the tree was restored"; }
+    else
+        tree_apply "${patches[@]}"
+    fi
+    say "applied $n patch(es) and copied $updated file(s) into $tree"
+    ;;
+reverse)
+    if [ "$state" != applied ]; then
+        if [ "$state" = clean ]; then
+            say "the series is not applied to $tree; nothing to undo"
+            exit 0
+        fi
+        explain_conflict
+        die "cannot undo: $tree does not carry the whole series"
+    fi
+    tree_apply --reverse "${reversed[@]}"
+    removed=0
+    while read -r from to; do
+        if cmp -s "$here/$from" "$tree/$to"; then
+            rm -f "$tree/$to"
+            removed=$((removed + 1))
+            d=$(dirname "$to")
+            while [ "$d" != . ] && rmdir "$tree/$d" 2>/dev/null; do d=$(dirname "$d"); done
+        elif [ -e "$tree/$to" ]; then
+            echo "apply.sh: left $to in place: it differs from ours" >&2
+        fi
+    done < <(copied_files)
+    say "reversed $n patch(es) and removed $removed copied file(s) from $tree"
+    ;;
+esac
