@@ -36,7 +36,7 @@ PREFIX := $(BUILD)/ruby
 STOCK := $(BUILD)/stock
 
 # `make test`: our tests, then the CRuby suites the series touches.
-OUR_TESTS := $(patsubst test/%,%,$(shell find test -name 'test_*.rb' | LC_ALL=C sort))
+OUR_TESTS := $(addprefix $(TREE)/,$(shell find test -name "test_*.rb" | LC_ALL=C sort))
 TOUCHED_SUITES := fiber io ruby/test_io.rb ruby/test_io_buffer.rb ruby/test_io_m17n.rb \
 	ruby/test_io_timeout.rb ruby/test_process.rb
 TESTOPTS ?= -j$(JOBS)
@@ -44,7 +44,7 @@ TESTOPTS ?= -j$(JOBS)
 EXCLUDE_OPTS := -X $(TREE)/test/.excludes-root
 
 CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
-	$(if $(filter --disable-io-uring --without-liburing,$(CONFIGURE_ARGS)),,--with-liburing=$(LIBURING)) \
+	$(if $(filter --disable-io-uring --without-liburing --with-liburing=%,$(CONFIGURE_ARGS)),,--with-liburing=$(LIBURING)) \
 	$(CONFIGURE_ARGS)
 
 .PHONY: all deps liburing tree configure ruby stock test test-all test-nouring clean distclean
