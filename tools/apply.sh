@@ -103,7 +103,7 @@ explain_conflict() {
     for ((i = n - 1; i >= 1; i--)); do
         if tree_apply --check --reverse "${reversed[@]:n-i}" 2>/dev/null; then
             echo "apply.sh: the tree already carries patches 1-$i of $n (partially patched);" \
-                 "restore it, or undo them with: tools/apply.sh --reverse" >&2
+                 "restore the pristine files first" >&2
             break
         fi
     done
