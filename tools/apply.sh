@@ -3,17 +3,17 @@
 #
 #   tools/apply.sh [--check | --reverse | --commit] RUBY_TREE
 #
-#   (default)   copy src/ and test/ into the tree, then apply patches/series
+#   (default)   copy src/, ext/ and test/ into the tree, then apply patches/series
 #               in order to the working files.  Works on a git checkout and on
 #               a plain (tarball) tree.
 #   --check     dry run: say whether the series applies; name the failing
 #               patch and file and exit 1 if it does not.
-#   --reverse   undo the series and remove the files copied from src/ and test/.
+#   --reverse   undo the series and remove the files copied from src/, ext/ and test/.
 #   --commit    (git checkouts only) apply each patch as a commit with
 #               `git am`, keeping its author and message.  This is how the
 #               build tree is made, so tools/export-patches.sh reproduces the
 #               series exactly.
-#   --sources   only copy the changed files of src/ and test/ into the tree,
+#   --sources   only copy the changed files of src/, ext/ and test/ into the tree,
 #               leaving its patches alone (the build tree, whose patches are
 #               its git commits, uses this).
 #
@@ -72,9 +72,9 @@ tree_apply() {
     fi
 }
 
-# The files we copy: src/X -> X, test/X -> test/X.
+# The files we copy: src/X -> X, ext/X -> ext/X, test/X -> test/X.
 copied_files() {
-    (cd "$here" && find src test -type f ! -name '*~' | LC_ALL=C sort) |
+    (cd "$here" && find src ext test -type f ! -name '*~' | LC_ALL=C sort) |
         while read -r f; do
             case $f in src/*) echo "$f ${f#src/}" ;; *) echo "$f $f" ;; esac
         done
@@ -109,7 +109,7 @@ explain_conflict() {
     done
 }
 
-# Files copied from src/ and test/ must not clobber different files in a tree
+# Files copied from src/, ext/ and test/ must not clobber different files in a tree
 # that does not carry the series yet.
 copy_conflicts=()
 while read -r from to; do
@@ -157,12 +157,12 @@ apply|commit|sources)
         fi
     done < <(copied_files)
     if [ "$mode" = sources ]; then
-        [ "$updated" -eq 0 ] || say "copied $updated changed file(s) from src/ and test/"
+        [ "$updated" -eq 0 ] || say "copied $updated changed file(s) from src/, ext/ and test/"
         exit 0
     fi
     if [ "$state" = applied ]; then
         if [ "$updated" -gt 0 ]; then
-            say "the series is already applied; updated $updated copied file(s) from src/ and test/"
+            say "the series is already applied; updated $updated copied file(s) from src/, ext/ and test/"
         else
             say "the series ($n patches) is already applied to $tree; nothing to do"
         fi

@@ -1,0 +1,14 @@
+# frozen_string_literal: false
+require 'mkmf'
+
+# IO::Uring::Scheduler is built only into a ruby configured with io_uring
+# (liburing 2.9 or later found, no --disable-io-uring).
+$INCFLAGS << " #{RbConfig::CONFIG['incflags']}"
+if RUBY_PLATFORM.include?("linux") &&
+   have_macro("USE_IO_URING", "ruby.h") && try_compile("#if !USE_IO_URING\n#error\n#endif") &&
+   have_header("liburing.h") &&
+   have_library("uring", "io_uring_queue_init_params", "liburing.h") &&
+   have_func("io_uring_prep_waitid", "liburing.h")
+  have_header("sys/eventfd.h")
+  create_makefile("io/uring")
+end

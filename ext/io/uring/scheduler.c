@@ -1,0 +1,1126 @@
+/**********************************************************************
+
+  io/uring/scheduler.c - IO::Uring::Scheduler, a Fiber::Scheduler on
+                         io_uring(7).
+
+  One ring per scheduler, one scheduler per thread.  A fiber that would
+  block submits the operation itself (a read, a write, a poll, a timeout,
+  a waitid) and yields; the event loop (#run) resumes ready fibers, then
+  submits everything they queued with one io_uring_enter(2) and waits for
+  completions with the GVL released.  Fibers switch with Fiber#transfer:
+  a waiting fiber transfers to the loop fiber (the one that made the
+  scheduler), and the loop transfers to fibers that are ready.
+
+  An operation's state (struct uring_op) lives on the C stack of the fiber
+  that waits for it, which stays put while the fiber is suspended: the hot
+  path allocates nothing.  A fiber that leaves a wait early (an exception
+  from Fiber#raise, Thread#raise or a timeout) cancels its operation and
+  waits for the kernel to let go of it before its stack frame and buffer go.
+
+**********************************************************************/
+
+#include "ruby/ruby.h"
+#include "ruby/io.h"
+#include "ruby/io/buffer.h"
+#include "ruby/thread.h"
+#include "ruby/fiber/scheduler.h"
+
+#include <liburing.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define RING_ENTRIES 1024
+#define COMPLETION_ENTRIES 16384
+
+static VALUE cScheduler;
+static ID id_wait, id_locked_p;
+static VALUE cProcessStatus, cFiber;
+
+/* Bumped in every forked child: a scheduler made before the fork must not
+ * touch its ring, whose queues it shares with the parent. */
+static volatile unsigned long fork_generation;
+
+struct uring_scheduler;
+
+/* One operation in flight, on the waiting fiber's stack. */
+struct uring_op {
+    VALUE fiber;
+    int32_t result;
+    uint32_t flags;
+    int inflight;               /* submitted (or queued) and not reaped */
+    /* What to do on completion; NULL: make the fiber ready. */
+    void (*complete)(struct uring_scheduler *, struct uring_op *);
+    struct uring_op *prev, *next;   /* the scheduler's in-flight list */
+};
+
+/* A fiber to resume, or to raise an exception in (timeout_after). */
+struct ready_entry {
+    VALUE fiber;
+    VALUE klass;                /* Qnil, or the exception class to raise */
+    VALUE message;
+};
+
+struct uring_scheduler {
+    struct io_uring ring;
+    int ring_live;
+    unsigned long generation;
+    VALUE thread;
+    VALUE loop_fiber;           /* runs #run; waiting fibers transfer to it */
+    int closed;
+
+    struct uring_op inflight_ops;   /* list head of operations in flight */
+    long inflight;
+
+    struct ready_entry *ready;
+    long ready_head, ready_len, ready_capa;
+
+    st_table *blocked;          /* fiber => struct block_wait * */
+    st_table *woken;            /* fibers unblocked before they blocked */
+
+    int wake_fd;                /* eventfd: wakes the loop from other threads */
+    uint64_t wake_value;
+    struct uring_op wake_op;
+};
+
+/* ------------------------------------------------------------------ */
+
+static void
+scheduler_mark(void *ptr)
+{
+    struct uring_scheduler *s = ptr;
+    struct uring_op *op;
+    long i;
+
+    rb_gc_mark(s->thread);
+    rb_gc_mark(s->loop_fiber);
+    /* Fibers with operations in flight: the kernel writes to their stacks. */
+    for (op = s->inflight_ops.next; op && op != &s->inflight_ops; op = op->next) {
+        rb_gc_mark(op->fiber);
+    }
+    for (i = 0; i < s->ready_len; i++) {
+        struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
+        rb_gc_mark(e->fiber);
+        rb_gc_mark(e->klass);
+        rb_gc_mark(e->message);
+    }
+    if (s->blocked) rb_mark_set(s->blocked);
+    if (s->woken) rb_mark_set(s->woken);
+}
+
+static void
+ring_release(struct uring_scheduler *s)
+{
+    if (s->ring_live) {
+        io_uring_queue_exit(&s->ring);
+        s->ring_live = 0;
+    }
+    if (s->wake_fd >= 0) {
+        close(s->wake_fd);
+        s->wake_fd = -1;
+    }
+}
+
+static void
+scheduler_free(void *ptr)
+{
+    struct uring_scheduler *s = ptr;
+
+    /* In a forked child the ring is the parent's: unmapping is harmless. */
+    ring_release(s);
+    if (s->blocked) st_free_table(s->blocked);
+    if (s->woken) st_free_table(s->woken);
+    ruby_xfree(s->ready);
+    ruby_xfree(s);
+}
+
+static size_t
+scheduler_memsize(const void *ptr)
+{
+    const struct uring_scheduler *s = ptr;
+    return sizeof(*s) + s->ready_capa * sizeof(struct ready_entry);
+}
+
+static const rb_data_type_t scheduler_type = {
+    "IO::Uring::Scheduler",
+    {scheduler_mark, scheduler_free, scheduler_memsize,},
+    0, 0, RUBY_TYPED_FREE_IMMEDIATELY
+};
+
+static VALUE
+scheduler_alloc(VALUE klass)
+{
+    struct uring_scheduler *s;
+    VALUE obj = TypedData_Make_Struct(klass, struct uring_scheduler, &scheduler_type, s);
+
+    s->thread = Qnil;
+    s->loop_fiber = Qnil;
+    s->wake_fd = -1;
+    s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
+    return obj;
+}
+
+static void
+ring_setup(struct uring_scheduler *s)
+{
+    struct io_uring_params params;
+    int ret;
+
+    /* Only the scheduler's thread submits, and it reaps completions only
+     * when it waits: the kernel can skip what sharing would need.  The
+     * ring starts disabled and is enabled by the thread that first uses
+     * the scheduler (scheduler_bind), which becomes its single issuer. */
+    memset(&params, 0, sizeof(params));
+    params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED |
+                   IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    params.cq_entries = COMPLETION_ENTRIES;
+    ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
+    if (ret == -EINVAL) {       /* kernels before 6.1 */
+        memset(&params, 0, sizeof(params));
+        params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED;
+        params.cq_entries = COMPLETION_ENTRIES;
+        ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
+    }
+    if (ret < 0) rb_syserr_fail(-ret, "io_uring_queue_init_params");
+    s->ring_live = 1;
+
+    s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->wake_fd < 0) {
+        int e = errno;
+        ring_release(s);
+        rb_syserr_fail(e, "eventfd");
+    }
+    s->generation = fork_generation;
+}
+
+/* The first thread to use the scheduler owns it; the fiber it runs in then
+ * (normally the thread's root fiber, which sets the scheduler) runs the
+ * loop. */
+static void
+scheduler_bind(struct uring_scheduler *s)
+{
+    int ret = io_uring_enable_rings(&s->ring);
+
+    if (ret < 0) rb_syserr_fail(-ret, "io_uring_enable_rings");
+    s->thread = rb_thread_current();
+    s->loop_fiber = rb_fiber_current();
+}
+
+/*
+ *  call-seq: IO::Uring::Scheduler.new -> scheduler
+ *
+ *  A scheduler with its own io_uring.  It belongs to the thread that first
+ *  uses it (normally through Fiber.set_scheduler).  Raises a
+ *  SystemCallError (Errno::EPERM, Errno::ENOSYS, ...) when the kernel
+ *  refuses io_uring.
+ */
+static VALUE
+scheduler_initialize(VALUE self)
+{
+    struct uring_scheduler *s = RTYPEDDATA_GET_DATA(self);
+
+    if (s->ring_live) rb_raise(rb_eRuntimeError, "already initialized");
+    s->blocked = st_init_numtable();
+    s->woken = st_init_numtable();
+    s->ready_capa = 64;
+    s->ready = ALLOC_N(struct ready_entry, s->ready_capa);
+    ring_setup(s);
+    return self;
+}
+
+/* In a forked child: forget the parent's ring and fibers without touching
+ * them, and start over with a ring of our own. */
+static void
+scheduler_after_fork(struct uring_scheduler *s)
+{
+    s->ring_live = 0;           /* the mapping goes with munmap below */
+    io_uring_queue_exit(&s->ring);
+    close(s->wake_fd);
+    s->wake_fd = -1;
+    s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
+    s->inflight = 0;
+    s->wake_op.inflight = 0;
+    s->ready_head = s->ready_len = 0;
+    st_clear(s->blocked);
+    st_clear(s->woken);
+    ring_setup(s);
+    scheduler_bind(s);
+}
+
+static struct uring_scheduler *
+scheduler_get(VALUE self)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+
+    if (s->closed) rb_raise(rb_eRuntimeError, "IO::Uring::Scheduler is closed");
+    if (!s->ring_live) rb_raise(rb_eRuntimeError, "IO::Uring::Scheduler is not initialized");
+    if (s->generation != fork_generation) scheduler_after_fork(s);
+    if (NIL_P(s->thread)) scheduler_bind(s);
+    if (s->thread != rb_thread_current()) {
+        rb_raise(rb_eThreadError, "IO::Uring::Scheduler belongs to another thread");
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------------ */
+/* The ready queue */
+
+static void
+ready_push(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message)
+{
+    struct ready_entry *e;
+
+    if (s->ready_len == s->ready_capa) {
+        long capa = s->ready_capa * 2, i;
+        struct ready_entry *q = ALLOC_N(struct ready_entry, capa);
+
+        for (i = 0; i < s->ready_len; i++) {
+            q[i] = s->ready[(s->ready_head + i) % s->ready_capa];
+        }
+        ruby_xfree(s->ready);
+        s->ready = q;
+        s->ready_capa = capa;
+        s->ready_head = 0;
+    }
+    e = &s->ready[(s->ready_head + s->ready_len) % s->ready_capa];
+    e->fiber = fiber;
+    e->klass = klass;
+    e->message = message;
+    s->ready_len++;
+}
+
+static struct ready_entry
+ready_shift(struct uring_scheduler *s)
+{
+    struct ready_entry e = s->ready[s->ready_head];
+
+    s->ready_head = (s->ready_head + 1) % s->ready_capa;
+    s->ready_len--;
+    return e;
+}
+
+/* Forget the pending exceptions for `fiber` (its timeout_after ended). */
+static void
+ready_drop_raises(struct uring_scheduler *s, VALUE fiber)
+{
+    long i;
+
+    for (i = 0; i < s->ready_len; i++) {
+        struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
+        if (e->fiber == fiber && !NIL_P(e->klass)) {
+            e->fiber = Qnil;    /* skipped by the loop */
+            e->klass = e->message = Qnil;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Submission and completion */
+
+static void reap(struct uring_scheduler *s);
+
+static struct io_uring_sqe *
+sqe_get(struct uring_scheduler *s)
+{
+    struct io_uring_sqe *sqe;
+
+    while (!(sqe = io_uring_get_sqe(&s->ring))) {
+        int ret = io_uring_submit(&s->ring);
+        if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
+            rb_syserr_fail(-ret, "io_uring_submit");
+        }
+        reap(s);
+    }
+    return sqe;
+}
+
+/* A submission entry for `op`, whose fiber is the current one. */
+static struct io_uring_sqe *
+op_sqe(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct io_uring_sqe *sqe = sqe_get(s);
+
+    op->fiber = rb_fiber_current();
+    op->result = 0;
+    op->flags = 0;
+    op->inflight = 1;
+    op->next = &s->inflight_ops;
+    op->prev = s->inflight_ops.prev;
+    s->inflight_ops.prev->next = op;
+    s->inflight_ops.prev = op;
+    s->inflight++;
+    io_uring_sqe_set_data(sqe, op);
+    return sqe;
+}
+
+static void
+reap(struct uring_scheduler *s)
+{
+    struct io_uring_cqe *cqe;
+    unsigned int head, seen = 0;
+
+    io_uring_for_each_cqe(&s->ring, head, cqe) {
+        struct uring_op *op = io_uring_cqe_get_data(cqe);
+
+        seen++;
+        if (!op) continue;              /* a cancellation or link timeout */
+        if (op == &s->wake_op) {
+            op->inflight = 0;
+            continue;
+        }
+        op->result = cqe->res;
+        op->flags = cqe->flags;
+        op->inflight = 0;
+        op->prev->next = op->next;
+        op->next->prev = op->prev;
+        op->prev = op->next = NULL;
+        s->inflight--;
+        if (op->complete) {
+            op->complete(s, op);
+        }
+        else {
+            ready_push(s, op->fiber, Qnil, Qnil);
+        }
+    }
+    io_uring_cq_advance(&s->ring, seen);
+}
+
+struct enter_args {
+    struct uring_scheduler *s;
+    int result;
+};
+
+static void *
+enter_nogvl(void *ptr)
+{
+    struct enter_args *a = ptr;
+    a->result = io_uring_submit_and_wait(&a->s->ring, 1);
+    return NULL;
+}
+
+/* Unblocking function: another thread wants this one back. */
+static void
+wake_ubf(void *ptr)
+{
+    struct uring_scheduler *s = ptr;
+    uint64_t one = 1;
+    if (s->wake_fd >= 0 && write(s->wake_fd, &one, sizeof(one)) < 0) {
+        /* the counter is saturated: a wakeup is pending anyway */
+    }
+}
+
+/* Submit what is queued and wait for at least one completion, without the
+ * GVL.  `interruptible`: let Ruby interrupts (Thread#raise) through. */
+static void
+wait_completions(struct uring_scheduler *s, int interruptible)
+{
+    struct enter_args a = {s, 0};
+
+    if (!s->wake_op.inflight) {
+        struct io_uring_sqe *sqe = sqe_get(s);
+        io_uring_prep_read(sqe, s->wake_fd, &s->wake_value, sizeof(s->wake_value), 0);
+        io_uring_sqe_set_data(sqe, &s->wake_op);
+        s->wake_op.inflight = 1;
+    }
+    if (interruptible) {
+        rb_thread_call_without_gvl(enter_nogvl, &a, wake_ubf, s);
+    }
+    else {
+        rb_thread_call_without_gvl2(enter_nogvl, &a, NULL, NULL);
+    }
+    if (a.result < 0 && a.result != -EINTR && a.result != -EAGAIN &&
+        a.result != -EBUSY && a.result != -ETIME) {
+        rb_syserr_fail(-a.result, "io_uring_enter");
+    }
+    reap(s);
+}
+
+/* Submit what is queued and collect what has completed, without waiting. */
+static void
+poll_completions(struct uring_scheduler *s)
+{
+    int ret = io_uring_submit_and_get_events(&s->ring);
+
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+        rb_syserr_fail(-ret, "io_uring_enter");
+    }
+    reap(s);
+}
+
+static void
+op_complete_quietly(struct uring_scheduler *s, struct uring_op *op)
+{
+    /* the fiber gave up on this operation: nothing to resume */
+}
+
+/* The fiber leaves a wait while `op` is in flight: cancel it and wait until
+ * the kernel is done with it (its memory is on this fiber's stack). */
+static void
+op_cancel(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct io_uring_sqe *sqe;
+
+    if (!op->inflight) return;
+    op->complete = op_complete_quietly;
+    sqe = sqe_get(s);
+    io_uring_prep_cancel(sqe, op, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    while (op->inflight) {
+        wait_completions(s, 0);
+    }
+}
+
+static void run_once(struct uring_scheduler *s);
+
+/* Let the loop run until something makes the current fiber ready. */
+static void
+suspend(struct uring_scheduler *s)
+{
+    if (rb_fiber_current() == s->loop_fiber) {
+        run_once(s);            /* nobody to transfer to: be the loop */
+    }
+    else {
+        rb_fiber_transfer(s->loop_fiber, 0, NULL);
+    }
+}
+
+struct op_wait_args {
+    struct uring_scheduler *s;
+    struct uring_op *op;
+};
+
+static VALUE
+op_wait_yield(VALUE ptr)
+{
+    struct op_wait_args *a = (struct op_wait_args *)ptr;
+
+    while (a->op->inflight) {
+        suspend(a->s);
+    }
+    return Qnil;
+}
+
+static VALUE
+op_wait_ensure(VALUE ptr)
+{
+    struct op_wait_args *a = (struct op_wait_args *)ptr;
+
+    op_cancel(a->s, a->op);
+    return Qnil;
+}
+
+/* Suspend the current fiber until `op` (prepared with op_sqe) completes. */
+static int32_t
+op_wait(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct op_wait_args a = {s, op};
+
+    rb_ensure(op_wait_yield, (VALUE)&a, op_wait_ensure, (VALUE)&a);
+    return op->result;
+}
+
+static struct __kernel_timespec
+timespec_of(VALUE duration)
+{
+    struct __kernel_timespec ts;
+    double d = NUM2DBL(duration);
+
+    if (d < 0) d = 0;
+    ts.tv_sec = (long long)d;
+    ts.tv_nsec = (long long)((d - (double)ts.tv_sec) * 1e9);
+    return ts;
+}
+
+/* ------------------------------------------------------------------ */
+/* The event loop */
+
+static int
+scheduler_busy_p(struct uring_scheduler *s)
+{
+    return s->ready_len > 0 || s->inflight > 0 || s->blocked->num_entries > 0;
+}
+
+static void
+resume_entry(struct uring_scheduler *s, struct ready_entry e)
+{
+    if (NIL_P(e.fiber) || !RTEST(rb_fiber_alive_p(e.fiber))) return;
+    if (e.fiber == rb_fiber_current()) return;  /* run_once in the loop fiber */
+    if (NIL_P(e.klass)) {
+        rb_fiber_transfer(e.fiber, 0, NULL);
+    }
+    else {
+        VALUE args[2] = {e.klass, e.message};
+        rb_fiber_raise(e.fiber, 2, args);
+    }
+}
+
+/* One turn of the loop: run the fibers that are ready, then submit what
+ * they queued and collect completions (waiting for one if nothing is
+ * ready). */
+static void
+run_once(struct uring_scheduler *s)
+{
+    long n = s->ready_len;
+
+    while (n-- > 0 && s->ready_len > 0) {
+        resume_entry(s, ready_shift(s));
+    }
+    if (s->ready_len > 0) {
+        poll_completions(s);
+    }
+    else if (s->inflight > 0 || s->blocked->num_entries > 0) {
+        wait_completions(s, 1);
+    }
+}
+
+/*
+ *  call-seq: run -> nil
+ *
+ *  Runs the event loop until no fiber is ready, waiting or blocked.
+ *  Called by #close (at the end of the thread that set the scheduler).
+ */
+static VALUE
+scheduler_run(VALUE self)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+
+    while (scheduler_busy_p(s)) {
+        run_once(s);
+    }
+    return Qnil;
+}
+
+/*
+ *  call-seq: close -> nil
+ *
+ *  Runs the event loop to completion, then releases the ring.  Using the
+ *  scheduler afterwards raises RuntimeError.  Also called as
+ *  #scheduler_close by Fiber.set_scheduler and at thread exit.
+ */
+static VALUE
+scheduler_close(VALUE self)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+
+    if (s->closed) return Qnil;
+    if (!NIL_P(s->thread) || s->generation != fork_generation) scheduler_run(self);
+    s->closed = 1;
+    ring_release(s);
+    return Qnil;
+}
+
+/*
+ *  call-seq: closed? -> true or false
+ */
+static VALUE
+scheduler_closed_p(VALUE self)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+    return s->closed ? Qtrue : Qfalse;
+}
+
+/* ------------------------------------------------------------------ */
+/* Hooks */
+
+/*
+ *  call-seq: io_wait(io, events, timeout) -> events or false
+ *
+ *  Waits with IORING_OP_POLL_ADD (and a linked timeout) until +io+ is ready
+ *  for some of +events+; returns those, or false on timeout.
+ */
+static VALUE
+scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    int fd = rb_io_descriptor(io);
+    int mask = NUM2INT(events);
+    struct uring_op op = {0};
+    struct __kernel_timespec ts;
+    struct io_uring_sqe *sqe = op_sqe(s, &op);
+    int32_t result;
+
+    io_uring_prep_poll_add(sqe, fd, mask);
+    if (!NIL_P(timeout)) {
+        ts = timespec_of(timeout);
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe = sqe_get(s);
+        io_uring_prep_link_timeout(sqe, &ts, 0);
+        io_uring_sqe_set_data(sqe, NULL);
+    }
+    result = op_wait(s, &op);
+    if (result == -ECANCELED) return Qfalse;
+    if (result < 0) rb_syserr_fail(-result, "io_wait");
+    return INT2NUM(result & mask);
+}
+
+/* Block until fd is ready for `mask` (kernels that answer -EAGAIN). */
+static void
+fd_wait(struct uring_scheduler *s, int fd, int mask)
+{
+    struct uring_op op = {0};
+
+    io_uring_prep_poll_add(op_sqe(s, &op), fd, mask);
+    op_wait(s, &op);
+}
+
+struct buffer_args {
+    VALUE buffer;
+    int locked;
+};
+
+static void
+buffer_lock(struct buffer_args *b)
+{
+    b->locked = !RTEST(rb_funcall(b->buffer, id_locked_p, 0));
+    if (b->locked) rb_io_buffer_lock(b->buffer);
+}
+
+enum io_direction { IO_READ, IO_WRITE };
+
+struct io_args {
+    struct uring_scheduler *s;
+    struct buffer_args b;
+    enum io_direction dir;
+    int fd;
+    size_t length;              /* at least this much, unless EOF */
+    size_t offset;              /* in the buffer */
+    off_t from;                 /* file offset, or -1: the file position */
+};
+
+static VALUE
+io_transfer(VALUE ptr)
+{
+    struct io_args *a = (struct io_args *)ptr;
+    struct uring_scheduler *s = a->s;
+    void *base;
+    size_t size, total = 0;
+
+    if (a->dir == IO_READ) {
+        rb_io_buffer_get_bytes_for_writing(a->b.buffer, &base, &size);
+    }
+    else {
+        const void *cbase;
+        rb_io_buffer_get_bytes_for_reading(a->b.buffer, &cbase, &size);
+        base = (void *)cbase;
+    }
+    if (a->offset > size) rb_raise(rb_eArgError, "offset exceeds buffer size");
+
+    for (;;) {
+        struct uring_op op = {0};
+        struct io_uring_sqe *sqe = op_sqe(s, &op);
+        char *p = (char *)base + a->offset;
+        unsigned int n = (unsigned int)(size - a->offset > 0x7ffff000 ? 0x7ffff000 : size - a->offset);
+        uint64_t at = a->from < 0 ? (uint64_t)-1 : (uint64_t)(a->from + total);
+        int32_t result;
+
+        if (a->dir == IO_READ) io_uring_prep_read(sqe, a->fd, p, n, at);
+        else io_uring_prep_write(sqe, a->fd, p, n, at);
+        result = op_wait(s, &op);
+
+        if (result > 0) {
+            total += result;
+            a->offset += result;
+            if (total >= a->length || a->offset >= size) break;
+        }
+        else if (result == 0) {
+            break;
+        }
+        else if (result == -EAGAIN || result == -EWOULDBLOCK) {
+            if (a->length == 0) return rb_fiber_scheduler_io_result(-1, -result);
+            fd_wait(s, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
+        }
+        else if (result == -EINTR) {
+            continue;
+        }
+        else {
+            return rb_fiber_scheduler_io_result(-1, -result);
+        }
+    }
+    return SIZET2NUM(total);
+}
+
+static VALUE
+io_unlock(VALUE ptr)
+{
+    struct io_args *a = (struct io_args *)ptr;
+    if (a->b.locked) rb_io_buffer_unlock(a->b.buffer);
+    return Qnil;
+}
+
+static VALUE
+io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
+             VALUE from, VALUE length, VALUE offset)
+{
+    struct io_args a;
+
+    a.s = scheduler_get(self);
+    a.dir = dir;
+    a.fd = rb_io_descriptor(io);
+    a.b.buffer = buffer;
+    a.length = NUM2SIZET(length);
+    a.offset = NUM2SIZET(offset);
+    a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
+    buffer_lock(&a.b);
+    return rb_ensure(io_transfer, (VALUE)&a, io_unlock, (VALUE)&a);
+}
+
+/*
+ *  call-seq: io_read(io, buffer, length, offset) -> read length or -errno
+ *
+ *  Reads at least +length+ bytes (unless end of file) from +io+ into
+ *  +buffer+ at +offset+ with IORING_OP_READ, straight into the buffer's
+ *  memory.  Returns the number of bytes read, or a negated errno.
+ */
+static VALUE
+scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)
+{
+    return io_operation(self, IO_READ, io, buffer, Qnil, length, offset);
+}
+
+/*
+ *  call-seq: io_write(io, buffer, length, offset) -> written length or -errno
+ *
+ *  Writes at least +length+ bytes of +buffer+ from +offset+ to +io+ with
+ *  IORING_OP_WRITE.
+ */
+static VALUE
+scheduler_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)
+{
+    return io_operation(self, IO_WRITE, io, buffer, Qnil, length, offset);
+}
+
+/*
+ *  call-seq: io_pread(io, buffer, from, length, offset) -> read length or -errno
+ *
+ *  Like #io_read, at file offset +from+, leaving the file position alone.
+ */
+static VALUE
+scheduler_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset)
+{
+    return io_operation(self, IO_READ, io, buffer, from, length, offset);
+}
+
+/*
+ *  call-seq: io_pwrite(io, buffer, from, length, offset) -> written length or -errno
+ *
+ *  Like #io_write, at file offset +from+, leaving the file position alone.
+ */
+static VALUE
+scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset)
+{
+    return io_operation(self, IO_WRITE, io, buffer, from, length, offset);
+}
+
+/* ---- block / unblock / sleep ---- */
+
+struct block_wait {
+    struct uring_scheduler *s;
+    VALUE fiber;
+    int unblocked;
+    int timed_out;
+    struct uring_op timer;
+    struct __kernel_timespec ts;
+};
+
+static void
+block_timer_complete(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct block_wait *w = (struct block_wait *)((char *)op - offsetof(struct block_wait, timer));
+    st_data_t key = (st_data_t)w->fiber;
+
+    if (op->result == -ETIME && st_delete(s->blocked, &key, NULL)) {
+        w->timed_out = 1;
+        ready_push(s, w->fiber, Qnil, Qnil);
+    }
+}
+
+static VALUE
+block_yield(VALUE ptr)
+{
+    struct block_wait *w = (struct block_wait *)ptr;
+
+    while (!w->unblocked && !w->timed_out) {
+        suspend(w->s);
+    }
+    return w->unblocked ? Qtrue : Qfalse;
+}
+
+static VALUE
+block_ensure(VALUE ptr)
+{
+    struct block_wait *w = (struct block_wait *)ptr;
+    st_data_t key = (st_data_t)w->fiber;
+
+    st_delete(w->s->blocked, &key, NULL);
+    if (w->timer.inflight) {
+        struct io_uring_sqe *sqe = sqe_get(w->s);
+        io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)&w->timer, 0);
+        io_uring_sqe_set_data(sqe, NULL);
+        while (w->timer.inflight) wait_completions(w->s, 0);
+    }
+    return Qnil;
+}
+
+static VALUE
+block_until(struct uring_scheduler *s, VALUE timeout)
+{
+    struct block_wait w;
+
+    memset(&w, 0, sizeof(w));
+    w.s = s;
+    w.fiber = rb_fiber_current();
+    if (st_delete(s->woken, (st_data_t *)&w.fiber, NULL)) {
+        return Qtrue;           /* unblocked already: see scheduler_unblock */
+    }
+    st_insert(s->blocked, (st_data_t)w.fiber, (st_data_t)&w);
+    if (!NIL_P(timeout)) {
+        w.ts = timespec_of(timeout);
+        w.timer.complete = block_timer_complete;
+        io_uring_prep_timeout(op_sqe(s, &w.timer), &w.ts, 0, 0);
+    }
+    return rb_ensure(block_yield, (VALUE)&w, block_ensure, (VALUE)&w);
+}
+
+/*
+ *  call-seq: block(blocker, timeout = nil) -> true or false
+ *
+ *  Suspends the current fiber until #unblock is called for it (true) or
+ *  +timeout+ seconds pass (false), with an IORING_OP_TIMEOUT.
+ */
+static VALUE
+scheduler_block(int argc, VALUE *argv, VALUE self)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    VALUE timeout = rb_check_arity(argc, 1, 2) > 1 ? argv[1] : Qnil;
+
+    return block_until(s, timeout);
+}
+
+/*
+ *  call-seq: unblock(blocker, fiber) -> nil
+ *
+ *  Makes +fiber+, blocked in #block, ready again.  May be called from any
+ *  thread: the scheduler's thread is woken if it waits in the kernel.
+ */
+static VALUE
+scheduler_unblock(VALUE self, VALUE blocker, VALUE fiber)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+    st_data_t key = (st_data_t)fiber, value;
+
+    if (s->closed || !s->ring_live) return Qnil;
+    if (st_delete(s->blocked, &key, &value)) {
+        struct block_wait *w = (struct block_wait *)value;
+        w->unblocked = 1;
+        ready_push(s, fiber, Qnil, Qnil);
+        if (s->thread != rb_thread_current()) wake_ubf(s);
+    }
+    else if (RTEST(rb_fiber_alive_p(fiber))) {
+        /* Not blocked yet: Mutex, ConditionVariable and Queue register a
+         * waiter before it calls #block, and may wake it in between.  Its
+         * next #block returns at once (a spurious wakeup at worst, which
+         * those callers expect). */
+        st_insert(s->woken, key, 1);
+    }
+    return Qnil;
+}
+
+/*
+ *  call-seq: kernel_sleep(duration = nil) -> nil
+ *
+ *  Sleeps with an IORING_OP_TIMEOUT; without a duration, until the fiber
+ *  is woken (#unblock) or raised in.
+ */
+static VALUE
+scheduler_kernel_sleep(int argc, VALUE *argv, VALUE self)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    VALUE duration = rb_check_arity(argc, 0, 1) ? argv[0] : Qnil;
+    struct uring_op op = {0};
+    struct __kernel_timespec ts;
+
+    if (NIL_P(duration)) {
+        block_until(s, Qnil);
+        return Qnil;
+    }
+    ts = timespec_of(duration);
+    io_uring_prep_timeout(op_sqe(s, &op), &ts, 0, 0);
+    op_wait(s, &op);
+    return Qnil;
+}
+
+/* ---- timeout_after ---- */
+
+struct timeout_args {
+    struct uring_scheduler *s;
+    VALUE fiber, klass, message, duration;
+    struct uring_op timer;
+    struct __kernel_timespec ts;
+};
+
+static void
+timeout_complete(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct timeout_args *t = (struct timeout_args *)((char *)op - offsetof(struct timeout_args, timer));
+
+    if (op->result == -ETIME) ready_push(s, t->fiber, t->klass, t->message);
+}
+
+static VALUE
+timeout_yield(VALUE ptr)
+{
+    struct timeout_args *t = (struct timeout_args *)ptr;
+    return rb_yield(t->duration);
+}
+
+static VALUE
+timeout_ensure(VALUE ptr)
+{
+    struct timeout_args *t = (struct timeout_args *)ptr;
+
+    if (t->timer.inflight) {
+        struct io_uring_sqe *sqe = sqe_get(t->s);
+        io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)&t->timer, 0);
+        io_uring_sqe_set_data(sqe, NULL);
+        while (t->timer.inflight) wait_completions(t->s, 0);
+    }
+    ready_drop_raises(t->s, t->fiber);
+    return Qnil;
+}
+
+/*
+ *  call-seq: timeout_after(duration, klass, message) { |duration| ... } -> result of the block
+ *
+ *  Runs the block; if it has not finished after +duration+ seconds (an
+ *  IORING_OP_TIMEOUT), raises klass, message in the fiber running it.
+ */
+static VALUE
+scheduler_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message)
+{
+    struct timeout_args t;
+
+    memset(&t, 0, sizeof(t));
+    t.s = scheduler_get(self);
+    t.fiber = rb_fiber_current();
+    t.klass = klass;
+    t.message = message;
+    t.duration = duration;
+    t.ts = timespec_of(duration);
+    t.timer.complete = timeout_complete;
+    io_uring_prep_timeout(op_sqe(t.s, &t.timer), &t.ts, 0, 0);
+    return rb_ensure(timeout_yield, (VALUE)&t, timeout_ensure, (VALUE)&t);
+}
+
+/* ---- process_wait ---- */
+
+static VALUE
+status_wait_i(RB_BLOCK_CALL_FUNC_ARGLIST(_, data))
+{
+    const VALUE *args = (const VALUE *)data;
+    return rb_funcall(cProcessStatus, id_wait, 2, args[0], args[1]);
+}
+
+/*
+ *  call-seq: process_wait(pid, flags) -> Process::Status
+ *
+ *  Waits for the child with IORING_OP_WAITID (leaving it waitable), then
+ *  reaps it with Process::Status.wait, which builds the status.
+ */
+static VALUE
+scheduler_process_wait(VALUE self, VALUE vpid, VALUE vflags)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    pid_t pid = NUM2PIDT(vpid);
+    int flags = NUM2INT(vflags);
+
+    if (!(flags & WNOHANG)) {
+        struct uring_op op = {0};
+        siginfo_t info;
+        idtype_t idtype = pid > 0 ? P_PID : pid == 0 ? P_PGID : pid == -1 ? P_ALL : P_PGID;
+        id_t id = pid > 0 ? (id_t)pid : pid < -1 ? (id_t)-pid : 0;
+        int options = WEXITED | WNOWAIT;
+        int32_t result;
+
+        if (flags & WUNTRACED) options |= WSTOPPED;
+#ifdef WCONTINUED
+        if (flags & WCONTINUED) options |= WCONTINUED;
+#endif
+        memset(&info, 0, sizeof(info));
+        io_uring_prep_waitid(op_sqe(s, &op), idtype, id, &info, options, 0);
+        result = op_wait(s, &op);
+        if (result == 0 && pid <= 0 && info.si_pid > 0) {
+            vpid = PIDT2NUM(info.si_pid);
+        }
+    }
+    {
+        /* Reap in a blocking fiber, or Process::Status.wait comes back here. */
+        VALUE args[2] = {vpid, vflags};
+        return rb_block_call(cFiber, rb_intern("blocking"), 0, NULL, status_wait_i, (VALUE)args);
+    }
+}
+
+/*
+ *  call-seq: fiber(*arguments) { |*arguments| ... } -> fiber
+ *
+ *  Fiber.schedule: a new non-blocking fiber, started at once.  The current
+ *  fiber goes back to the ready queue (unless it is the loop fiber, which
+ *  gets control back when the new fiber waits or finishes).
+ */
+static VALUE
+scheduler_fiber(int argc, VALUE *argv, VALUE self)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    VALUE options = rb_hash_new(), fiber, current = rb_fiber_current();
+
+    rb_need_block();
+    rb_hash_aset(options, ID2SYM(rb_intern("blocking")), Qfalse);
+    fiber = rb_funcall_with_block_kw(cFiber, rb_intern("new"), 1, &options,
+                                     rb_block_proc(), RB_PASS_KEYWORDS);
+    if (current != s->loop_fiber) ready_push(s, current, Qnil, Qnil);
+    rb_fiber_transfer(fiber, argc, argv);
+    return fiber;
+}
+
+static void
+atfork_child(void)
+{
+    fork_generation++;
+}
+
+void
+Init_uring(void)
+{
+    VALUE mUring = rb_define_module_under(rb_cIO, "Uring");
+
+    id_wait = rb_intern_const("wait");
+    id_locked_p = rb_intern_const("locked?");
+    cProcessStatus = rb_path2class("Process::Status");
+    cFiber = rb_path2class("Fiber");
+    pthread_atfork(NULL, NULL, atfork_child);
+
+    cScheduler = rb_define_class_under(mUring, "Scheduler", rb_cObject);
+    rb_define_alloc_func(cScheduler, scheduler_alloc);
+    rb_define_method(cScheduler, "initialize", scheduler_initialize, 0);
+    rb_define_method(cScheduler, "run", scheduler_run, 0);
+    rb_define_method(cScheduler, "close", scheduler_close, 0);
+    rb_define_method(cScheduler, "scheduler_close", scheduler_close, 0);
+    rb_define_method(cScheduler, "closed?", scheduler_closed_p, 0);
+    rb_define_method(cScheduler, "io_wait", scheduler_io_wait, 3);
+    rb_define_method(cScheduler, "io_read", scheduler_io_read, 4);
+    rb_define_method(cScheduler, "io_write", scheduler_io_write, 4);
+    rb_define_method(cScheduler, "io_pread", scheduler_io_pread, 5);
+    rb_define_method(cScheduler, "io_pwrite", scheduler_io_pwrite, 5);
+    rb_define_method(cScheduler, "block", scheduler_block, -1);
+    rb_define_method(cScheduler, "unblock", scheduler_unblock, 2);
+    rb_define_method(cScheduler, "kernel_sleep", scheduler_kernel_sleep, -1);
+    rb_define_method(cScheduler, "timeout_after", scheduler_timeout_after, 3);
+    rb_define_method(cScheduler, "process_wait", scheduler_process_wait, 2);
+    rb_define_method(cScheduler, "fiber", scheduler_fiber, -1);
+
+    /* The hooks that hand work to threads are written in Ruby. */
+    rb_require("io/uring/scheduler");
+}

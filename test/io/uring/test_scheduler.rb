@@ -1,0 +1,237 @@
+# frozen_string_literal: false
+require 'test/unit'
+require 'timeout'
+require 'socket'
+
+class TestIOUringScheduler < Test::Unit::TestCase
+  def setup
+    require "io/uring"
+    begin
+      IO::Uring::Scheduler.new.close
+    rescue SystemCallError => e
+      omit "the kernel refuses io_uring here (#{e.class})"
+    end
+    @fds = open_fds
+  rescue LoadError
+    omit "ruby was built without io_uring"
+  end
+
+  # Every test leaves the descriptors as it found them.
+  def teardown
+    return unless @fds
+    GC.start
+    assert_equal [], open_fds - @fds, "descriptors leaked"
+  end
+
+  def open_fds
+    Dir.children("/proc/self/fd").map(&:to_i).sort
+  end
+
+  # Run the block in a new thread under a fresh IO::Uring::Scheduler.
+  def run_scheduler(&block)
+    Thread.new do
+      scheduler = IO::Uring::Scheduler.new
+      Fiber.set_scheduler(scheduler)
+      block.call(scheduler)
+    end.join(30) or flunk("the scheduler thread hung")
+  end
+
+  def test_read_write_pipe
+    result = nil
+    IO.pipe do |r, w|
+      run_scheduler do
+        Fiber.schedule { result = r.read(11) }
+        Fiber.schedule { w.write("hello"); sleep 0.01; w.write(" world") }
+      end
+    end
+    assert_equal "hello world", result
+  end
+
+  def test_io_wait_timeout
+    result = :unset
+    IO.pipe do |r, w|
+      run_scheduler do
+        Fiber.schedule { result = r.wait_readable(0.05) }
+      end
+    end
+    assert_nil result
+  end
+
+  def test_io_wait_ready
+    result = nil
+    IO.pipe do |r, w|
+      w.write("x")
+      run_scheduler do
+        Fiber.schedule { result = r.wait_readable(1) }
+      end
+    end
+    assert_not_nil result
+  end
+
+  def test_sleep_runs_concurrently
+    order = []
+    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    run_scheduler do
+      Fiber.schedule { sleep 0.2; order << :slow }
+      Fiber.schedule { sleep 0.1; order << :fast }
+    end
+    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - elapsed
+    assert_equal [:fast, :slow], order
+    assert_operator elapsed, :<, 0.29, "the two sleeps should overlap"
+  end
+
+  def test_timeout_cancels_read_in_flight
+    IO.pipe do |r, w|
+      error = nil
+      run_scheduler do
+        Fiber.schedule do
+          Timeout.timeout(0.05) { r.read(10) }
+        rescue Timeout::Error => error
+        end
+      end
+      assert_kind_of Timeout::Error, error
+      # The cancelled read left the pipe alone: nothing was consumed.
+      w.write("after")
+      assert_equal "after", r.read_nonblock(100)
+    end
+  end
+
+  def test_fiber_raise_cancels_read_into_buffer
+    IO.pipe do |r, w|
+      buffer = IO::Buffer.new(64)
+      error = nil
+      run_scheduler do
+        reader = Fiber.schedule do
+          buffer.read(r, 10)
+        rescue => error
+        end
+        Fiber.schedule { reader.raise(RuntimeError, "stop") }
+      end
+      assert_equal "stop", error.message
+      refute_predicate buffer, :locked?
+      w.write("later")
+      assert_equal "later", r.read_nonblock(100)
+      assert_equal "\0" * 5, buffer.get_string(0, 5), "the kernel never wrote into the buffer"
+    end
+  end
+
+  def test_cross_thread_unblock
+    queue = Thread::Queue.new
+    value = nil
+    run_scheduler do
+      Fiber.schedule { value = queue.pop }
+      Thread.new { sleep 0.05; queue << :from_another_thread }
+    end
+    assert_equal :from_another_thread, value
+  end
+
+  def test_block_timeout
+    queue = Thread::Queue.new
+    value = :unset
+    run_scheduler do
+      Fiber.schedule { value = queue.pop(timeout: 0.05) }
+    end
+    assert_nil value
+  end
+
+  def test_mutex_between_fibers
+    mutex = Thread::Mutex.new
+    log = []
+    run_scheduler do
+      3.times do |i|
+        Fiber.schedule do
+          mutex.synchronize { log << i; sleep 0.01; log << i }
+        end
+      end
+    end
+    assert_equal [0, 0, 1, 1, 2, 2], log
+  end
+
+  def test_process_wait
+    status = nil
+    run_scheduler do
+      Fiber.schedule do
+        pid = spawn(RbConfig.ruby, "-e", "exit 7")
+        _, status = Process.wait2(pid)
+      end
+    end
+    assert_equal 7, status.exitstatus
+  end
+
+  def test_process_wait_any_child
+    status = nil
+    run_scheduler do
+      Fiber.schedule do
+        pid = spawn(RbConfig.ruby, "-e", "exit 3")
+        status = [pid, Process.wait2(-1)]
+      end
+    end
+    pid, (waited, st) = status
+    assert_equal pid, waited
+    assert_equal 3, st.exitstatus
+  end
+
+  def test_ten_thousand_fibers
+    count = 0
+    IO.pipe do |r, w|
+      run_scheduler do
+        10_000.times do
+          Fiber.schedule { r.wait_readable; count += 1 }
+        end
+        Fiber.schedule { sleep 0.05; w.write("go") }
+      end
+    end
+    assert_equal 10_000, count
+  end
+
+  def test_socketpair_ping_pong
+    a, b = UNIXSocket.pair
+    rounds = 0
+    run_scheduler do
+      Fiber.schedule { 100.times { a.write("ping"); a.read(4) } }
+      Fiber.schedule { 100.times { b.read(4); b.write("pong"); rounds += 1 } }
+    end
+    assert_equal 100, rounds
+  ensure
+    a&.close
+    b&.close
+  end
+
+  def test_closed_scheduler
+    scheduler = IO::Uring::Scheduler.new
+    scheduler.close
+    assert_predicate scheduler, :closed?
+    e = assert_raise(RuntimeError) { scheduler.kernel_sleep(0) }
+    assert_match(/closed/, e.message)
+    scheduler.close # a second close is harmless
+  end
+
+  def test_foreign_thread
+    scheduler = IO::Uring::Scheduler.new
+    Thread.new { scheduler.run }.join # the first user owns it
+    e = assert_raise(ThreadError) { scheduler.kernel_sleep(0) }
+    assert_match(/another thread/, e.message)
+  ensure
+    scheduler&.close rescue nil
+  end
+
+  def test_fork_child_gets_its_own_ring
+    status = nil
+    IO.pipe do |r, w|
+      run_scheduler do
+        Fiber.schedule { r.read(1) } # in flight in the parent during the fork
+        Fiber.schedule do
+          pid = fork do
+            # The child has the inherited scheduler; it must not touch the
+            # parent's ring, yet still work.
+            Fiber.schedule { sleep 0.01 }
+            exit!(0)
+          end
+          _, status = Process.wait2(pid)
+          w.write("x")
+        end
+      end
+    end
+    assert_predicate status, :success?
+  end
+end
