@@ -608,6 +608,7 @@ scheduler_close(VALUE self)
 
     if (s->closed) return Qnil;
     if (!NIL_P(s->thread) || s->generation != fork_generation) scheduler_run(self);
+    rb_funcall(self, rb_intern("close_workers"), 0);
     s->closed = 1;
     ring_release(s);
     return Qnil;
@@ -1015,6 +1016,158 @@ scheduler_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message)
     return rb_ensure(timeout_yield, (VALUE)&t, timeout_ensure, (VALUE)&t);
 }
 
+/* ---- io_select ---- */
+
+struct select_entry {
+    struct uring_op op;         /* first: the op is the entry */
+    struct select_state *state;
+    VALUE io;
+    int set;                    /* 0 readables, 1 writables, 2 exceptables */
+};
+
+struct select_state {
+    struct uring_scheduler *s;
+    struct select_entry *entries;
+    long count;
+    int ready;                  /* something completed, or the timer fired */
+    struct uring_op timer;
+    struct __kernel_timespec ts;
+    VALUE fiber;
+};
+
+static void
+select_wake(struct uring_scheduler *s, struct select_state *st)
+{
+    if (!st->ready) {
+        st->ready = 1;
+        ready_push(s, st->fiber, Qnil, Qnil);
+    }
+}
+
+static void
+select_poll_complete(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct select_entry *e = (struct select_entry *)op;
+    if (op->result != -ECANCELED) select_wake(s, e->state);
+}
+
+static void
+select_timer_complete(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct select_state *st = (struct select_state *)((char *)op - offsetof(struct select_state, timer));
+    if (op->result == -ETIME) select_wake(s, st);
+}
+
+static VALUE
+select_wait(VALUE ptr)
+{
+    struct select_state *st = (struct select_state *)ptr;
+
+    while (!st->ready) suspend(st->s);
+    return Qnil;
+}
+
+/* Cancel whatever is still in flight and wait until the kernel lets go. */
+static VALUE
+select_ensure(VALUE ptr)
+{
+    struct select_state *st = (struct select_state *)ptr;
+    struct uring_scheduler *s = st->s;
+    long i;
+    int pending;
+
+    st->ready = 1;              /* no wakeups from here on */
+    for (i = 0; i < st->count; i++) {
+        if (st->entries[i].op.inflight) {
+            struct io_uring_sqe *sqe = sqe_get(s);
+            io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&st->entries[i].op);
+            io_uring_sqe_set_data(sqe, NULL);
+        }
+    }
+    if (st->timer.inflight) {
+        struct io_uring_sqe *sqe = sqe_get(s);
+        io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)&st->timer, 0);
+        io_uring_sqe_set_data(sqe, NULL);
+    }
+    do {
+        pending = st->timer.inflight;
+        for (i = 0; i < st->count; i++) pending |= st->entries[i].op.inflight;
+        if (pending) wait_completions(s, 0);
+    } while (pending);
+    return Qnil;
+}
+
+/*
+ *  call-seq: io_select(readables, writables = nil, exceptables = nil, timeout = nil) -> [readables, writables, exceptables] or nil
+ *
+ *  IO.select: one IORING_OP_POLL_ADD per descriptor (and an
+ *  IORING_OP_TIMEOUT); when the first completes, the others are removed and
+ *  every descriptor that was ready is returned, as IO.select does.
+ *  Readables with buffered data are ready at once.
+ */
+static VALUE
+scheduler_io_select(int argc, VALUE *argv, VALUE self)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    VALUE sets[3] = {Qnil, Qnil, Qnil}, timeout = Qnil, result, tmp;
+    static const int masks[3] = {POLLIN, POLLOUT, POLLPRI};
+    struct select_state st;
+    long i, j, count = 0, buffered = 0;
+    int any = 0;
+
+    rb_check_arity(argc, 1, 4);
+    for (i = 0; i < argc && i < 3; i++) sets[i] = argv[i];
+    if (argc > 3) timeout = argv[3];
+    for (i = 0; i < 3; i++) {
+        if (!NIL_P(sets[i])) {
+            sets[i] = rb_convert_type(sets[i], T_ARRAY, "Array", "to_ary");
+            count += RARRAY_LEN(sets[i]);
+        }
+    }
+    memset(&st, 0, sizeof(st));
+    st.s = s;
+    st.fiber = rb_fiber_current();
+    st.entries = ALLOCV_N(struct select_entry, tmp, count > 0 ? count : 1);
+    memset(st.entries, 0, sizeof(struct select_entry) * (count > 0 ? count : 1));
+    for (i = 0; i < 3; i++) {
+        if (NIL_P(sets[i])) continue;
+        for (j = 0; j < RARRAY_LEN(sets[i]); j++) {
+            struct select_entry *e = &st.entries[st.count++];
+            VALUE io = rb_io_get_io(RARRAY_AREF(sets[i], j));
+            e->io = RARRAY_AREF(sets[i], j);
+            e->set = i;
+            e->state = &st;
+            if (i == 0 && rb_io_read_pending(RFILE(io)->fptr)) {
+                e->op.result = POLLIN;      /* buffered: ready now */
+                buffered++;
+                continue;
+            }
+            e->op.complete = select_poll_complete;
+            io_uring_prep_poll_add(op_sqe(s, &e->op), rb_io_descriptor(io), masks[i]);
+        }
+    }
+    if (buffered) {
+        st.ready = 1;
+    }
+    else if (!NIL_P(timeout)) {
+        st.ts = timespec_of(timeout);
+        st.timer.complete = select_timer_complete;
+        io_uring_prep_timeout(op_sqe(s, &st.timer), &st.ts, 0, 0);
+    }
+    rb_ensure(select_wait, (VALUE)&st, select_ensure, (VALUE)&st);
+
+    result = rb_ary_new_from_args(3, rb_ary_new(), rb_ary_new(), rb_ary_new());
+    for (i = 0; i < st.count; i++) {
+        struct select_entry *e = &st.entries[i];
+        if (e->op.result > 0 && (e->op.result & (masks[e->set] | POLLERR | POLLHUP | POLLNVAL))) {
+            rb_ary_push(RARRAY_AREF(result, e->set), e->io);
+            any = 1;
+        }
+    }
+    ALLOCV_END(tmp);
+    return any ? result : Qnil;
+}
+
 /* ---- process_wait ---- */
 
 static VALUE
@@ -1120,6 +1273,7 @@ Init_uring(void)
     rb_define_method(cScheduler, "timeout_after", scheduler_timeout_after, 3);
     rb_define_method(cScheduler, "process_wait", scheduler_process_wait, 2);
     rb_define_method(cScheduler, "fiber", scheduler_fiber, -1);
+    rb_define_method(cScheduler, "io_select", scheduler_io_select, -1);
 
     /* The hooks that hand work to threads are written in Ruby. */
     rb_require("io/uring/scheduler");

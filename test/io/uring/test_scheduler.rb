@@ -197,6 +197,59 @@ class TestIOUringScheduler < Test::Unit::TestCase
     b&.close
   end
 
+  def test_io_select
+    result = []
+    IO.pipe do |r, w|
+      run_scheduler do
+        Fiber.schedule do
+          result << IO.select([r], nil, nil, 0.01)
+          w.write("x")
+          result << IO.select([r], [w], nil, 1)
+          result << IO.select([r]) # ready: no timeout needed
+        end
+      end
+      assert_nil result[0]
+      assert_equal [[r], [w], []], result[1]
+      assert_equal [[r], [], []], result[2]
+    end
+  end
+
+  def test_io_select_buffered_data_is_ready
+    result = nil
+    IO.pipe do |r, w|
+      w.write("line\nrest")
+      run_scheduler do
+        Fiber.schedule do
+          r.gets # leaves "rest" in r's buffer, none in the pipe
+          result = IO.select([r], nil, nil, 0)
+        end
+      end
+      assert_equal [[r], [], []], result
+    end
+  end
+
+  def test_address_resolve
+    addresses = nil
+    run_scheduler do
+      Fiber.schedule { addresses = Addrinfo.getaddrinfo("localhost", nil).map(&:ip_address) }
+    end
+    assert_not_empty addresses
+  end
+
+  def test_schedule_from_a_fiber
+    log = []
+    run_scheduler do
+      Fiber.schedule do
+        log << :outer
+        Fiber.schedule { sleep 0.01; log << :inner }
+        log << :outer_after_schedule
+        sleep 0.05
+        log << :outer_end
+      end
+    end
+    assert_equal [:outer, :outer_after_schedule, :inner, :outer_end], log
+  end
+
   def test_closed_scheduler
     scheduler = IO::Uring::Scheduler.new
     scheduler.close
