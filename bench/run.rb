@@ -78,13 +78,15 @@ if system("command -v gnuplot >/dev/null")
     set terminal pngcairo size 900,500
     set output '#{png}'
     set datafile separator ','
+    set key autotitle columnhead
     set style data histograms
     set style histogram clustered gap 1
     set style fill solid border -1
-    set ylabel 'seconds (lower is better)'
+    set ylabel 'seconds, log scale (lower is better)'
     set title 'ping-pong, #{opts[:groups]} groups x #{opts[:iterations]} x #{opts[:size]} B'
     set xtics rotate by -20
-    plot '#{csv}' using 2:xtic(1) title 'pipe', '' using 3 title 'socketpair'
+    set logscale y
+    plot '#{csv}' using 2:xtic(1), '' using 3
   GNUPLOT
   IO.popen(["gnuplot"], "w") { |io| io.write(script) }
   puts "chart: #{png}"
