@@ -72,6 +72,7 @@ struct uring_scheduler {
     VALUE thread;
     VALUE loop_fiber;           /* runs #run; waiting fibers transfer to it */
     int closed;
+    int draining;               /* being freed: completions resume nothing */
 
     struct uring_op inflight_ops;   /* list head of operations in flight */
     long inflight;
@@ -86,6 +87,8 @@ struct uring_scheduler {
     uint64_t wake_value;
     struct uring_op wake_op;
 };
+
+static void reap(struct uring_scheduler *s);
 
 /* ------------------------------------------------------------------ */
 
@@ -130,7 +133,23 @@ scheduler_free(void *ptr)
 {
     struct uring_scheduler *s = ptr;
 
-    /* In a forked child the ring is the parent's: unmapping is harmless. */
+    /* Operations still in flight (the thread died in the middle of the
+     * loop) write to fiber stacks: cancel them and wait, where this thread
+     * may submit.  In a forked child the ring is the parent's: it is only
+     * unmapped. */
+    if (s->ring_live && s->inflight > 0 && s->generation == fork_generation) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+        s->draining = 1;
+        if (sqe) {
+            io_uring_prep_cancel(sqe, NULL, IORING_ASYNC_CANCEL_ANY);
+            io_uring_sqe_set_data(sqe, NULL);
+        }
+        while (s->inflight > 0) {
+            int ret = io_uring_submit_and_wait(&s->ring, 1);
+            if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) break;
+            reap(s);
+        }
+    }
     ring_release(s);
     if (s->blocked) st_free_table(s->blocked);
     if (s->woken) st_free_table(s->woken);
@@ -321,8 +340,6 @@ ready_drop_raises(struct uring_scheduler *s, VALUE fiber)
 /* ------------------------------------------------------------------ */
 /* Submission and completion */
 
-static void reap(struct uring_scheduler *s);
-
 static struct io_uring_sqe *
 sqe_get(struct uring_scheduler *s)
 {
@@ -379,6 +396,9 @@ reap(struct uring_scheduler *s)
         op->next->prev = op->prev;
         op->prev = op->next = NULL;
         s->inflight--;
+        if (s->draining) {
+            continue;
+        }
         if (op->complete) {
             op->complete(s, op);
         }
@@ -655,6 +675,9 @@ scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout)
     result = op_wait(s, &op);
     if (result == -ECANCELED) return Qfalse;
     if (result < 0) rb_syserr_fail(-result, "io_wait");
+    /* An error or hang-up makes every requested event "ready": the next
+     * read or write reports it. */
+    if (!(result & mask) && (result & (POLLERR | POLLHUP | POLLNVAL))) return INT2NUM(mask);
     return INT2NUM(result & mask);
 }
 
@@ -1134,10 +1157,14 @@ scheduler_io_select(int argc, VALUE *argv, VALUE self)
         for (j = 0; j < RARRAY_LEN(sets[i]); j++) {
             struct select_entry *e = &st.entries[st.count++];
             VALUE io = rb_io_get_io(RARRAY_AREF(sets[i], j));
+            rb_io_t *fptr;
+
+            RB_IO_POINTER(io, fptr);
+            rb_io_check_closed(fptr);
             e->io = RARRAY_AREF(sets[i], j);
             e->set = i;
             e->state = &st;
-            if (i == 0 && rb_io_read_pending(RFILE(io)->fptr)) {
+            if (i == 0 && rb_io_read_pending(fptr)) {
                 e->op.result = POLLIN;      /* buffered: ready now */
                 buffered++;
                 continue;

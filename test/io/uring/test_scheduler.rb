@@ -115,6 +115,23 @@ class TestIOUringScheduler < Test::Unit::TestCase
     end
   end
 
+  # Thread#kill lands in the loop, with two reads in flight: they are
+  # cancelled, never consume data, and the ring goes with the scheduler.
+  def test_thread_killed_with_reads_in_flight
+    IO.pipe do |r, w|
+      thread = Thread.new do
+        Fiber.set_scheduler(IO::Uring::Scheduler.new)
+        Fiber.schedule { r.read(10) }
+        Fiber.schedule { r.read(10) }
+      end
+      Thread.pass until thread.stop?
+      thread.kill
+      assert thread.join(10), "the killed thread should end"
+      w.write("after")
+      assert_equal "after", r.read_nonblock(100)
+    end
+  end
+
   def test_cross_thread_unblock
     queue = Thread::Queue.new
     value = nil
