@@ -937,6 +937,10 @@ scheduler_unblock(VALUE self, VALUE blocker, VALUE fiber)
     st_data_t key = (st_data_t)fiber, value;
 
     if (s->closed || !s->ring_live) return Qnil;
+    if (s->generation != fork_generation) {
+        scheduler_after_fork(s);    /* never wake the parent's loop */
+        return Qnil;
+    }
     if (st_delete(s->blocked, &key, &value)) {
         struct block_wait *w = (struct block_wait *)value;
         w->unblocked = 1;
