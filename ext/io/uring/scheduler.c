@@ -508,6 +508,19 @@ suspend(struct uring_scheduler *s)
     }
 }
 
+/* Remove a pending IORING_OP_TIMEOUT and wait until the kernel lets go. */
+static void
+timer_cancel(struct uring_scheduler *s, struct uring_op *timer)
+{
+    struct io_uring_sqe *sqe;
+
+    if (!timer->inflight) return;
+    sqe = sqe_get(s);
+    io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)timer, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    while (timer->inflight) wait_completions(s, 0);
+}
+
 struct op_wait_args {
     struct uring_scheduler *s;
     struct uring_op *op;
@@ -880,12 +893,7 @@ block_ensure(VALUE ptr)
     st_data_t key = (st_data_t)w->fiber;
 
     st_delete(w->s->blocked, &key, NULL);
-    if (w->timer.inflight) {
-        struct io_uring_sqe *sqe = sqe_get(w->s);
-        io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)&w->timer, 0);
-        io_uring_sqe_set_data(sqe, NULL);
-        while (w->timer.inflight) wait_completions(w->s, 0);
-    }
+    timer_cancel(w->s, &w->timer);
     return Qnil;
 }
 
@@ -1010,12 +1018,7 @@ timeout_ensure(VALUE ptr)
 {
     struct timeout_args *t = (struct timeout_args *)ptr;
 
-    if (t->timer.inflight) {
-        struct io_uring_sqe *sqe = sqe_get(t->s);
-        io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)&t->timer, 0);
-        io_uring_sqe_set_data(sqe, NULL);
-        while (t->timer.inflight) wait_completions(t->s, 0);
-    }
+    timer_cancel(t->s, &t->timer);
     ready_drop_raises(t->s, t->fiber);
     return Qnil;
 }
