@@ -433,24 +433,28 @@ wake_ubf(void *ptr)
     }
 }
 
-/* Submit what is queued and wait for at least one completion, without the
- * GVL.  `interruptible`: let Ruby interrupts (Thread#raise) through. */
+/* Submit what is queued and wait for at least one completion.
+ *
+ * `interruptible` (the event loop): without the GVL, and Ruby interrupts
+ * (Thread#raise, signals) get through.  Otherwise (waiting for a cancelled
+ * operation or a removed timer, which the kernel completes at once) the
+ * GVL stays held and nothing can interrupt the wait. */
 static void
 wait_completions(struct uring_scheduler *s, int interruptible)
 {
     struct enter_args a = {s, 0};
 
-    if (!s->wake_op.inflight) {
-        struct io_uring_sqe *sqe = sqe_get(s);
-        io_uring_prep_read(sqe, s->wake_fd, &s->wake_value, sizeof(s->wake_value), 0);
-        io_uring_sqe_set_data(sqe, &s->wake_op);
-        s->wake_op.inflight = 1;
-    }
-    if (interruptible) {
-        rb_thread_call_without_gvl(enter_nogvl, &a, wake_ubf, s);
+    if (!interruptible) {
+        enter_nogvl(&a);
     }
     else {
-        rb_thread_call_without_gvl2(enter_nogvl, &a, NULL, NULL);
+        if (!s->wake_op.inflight) {
+            struct io_uring_sqe *sqe = sqe_get(s);
+            io_uring_prep_read(sqe, s->wake_fd, &s->wake_value, sizeof(s->wake_value), 0);
+            io_uring_sqe_set_data(sqe, &s->wake_op);
+            s->wake_op.inflight = 1;
+        }
+        rb_thread_call_without_gvl(enter_nogvl, &a, wake_ubf, s);
     }
     if (a.result < 0 && a.result != -EINTR && a.result != -EAGAIN &&
         a.result != -EBUSY && a.result != -ETIME) {
