@@ -4,12 +4,12 @@
                          io_uring(7).
 
   One ring per scheduler, one scheduler per thread.  A fiber that would
-  block submits the operation itself (a read, a write, a poll, a timeout,
-  a waitid) and yields; the event loop (#run) resumes ready fibers, then
-  submits everything they queued with one io_uring_enter(2) and waits for
-  completions with the GVL released.  Fibers switch with Fiber#transfer:
-  a waiting fiber transfers to the loop fiber (the one that made the
-  scheduler), and the loop transfers to fibers that are ready.
+  block queues the operation itself (a read, a write, a poll, a timeout,
+  a waitid) and transfers to the loop fiber (the fiber that first used the
+  scheduler, normally the thread's root fiber); the event loop (#run)
+  transfers to the fibers that are ready, then submits everything they
+  queued with one io_uring_enter(2) and waits for completions with the GVL
+  released.
 
   An operation's state (struct uring_op) lives on the C stack of the fiber
   that waits for it, which stays put while the fiber is suspended: the hot
