@@ -12,7 +12,7 @@
 # of patches/series.  When the series changes, the new commits are made in a
 # scratch worktree and the tree is moved to them with `git reset --keep`, so
 # only files whose content changed are rewritten and the next build is
-# incremental.  Files from src/ and test/ are copied in (untracked).
+# incremental.  Files from src/, ext/ and test/ are copied in (untracked).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,7 +60,7 @@ if [ ! -d "$tree/.git" ]; then
     # git checkout; keep them out of history so a commit -a cannot catch them.
     printf "%s\n" /configure /configure~ /autom4te.cache/ /revision.h >> "$tree/.git/info/exclude"
     git -C "$tree" add -A -f .
-    git -C "$tree" rm -q --cached configure revision.h
+    git -C "$tree" rm -q --cached --ignore-unmatch configure revision.h
     git -C "$tree" commit -q -m "CRuby source (pristine)" -m "From: $(basename "$origin")"
     git -C "$tree" tag series-base
     git -C "$tree" checkout -q -b series
@@ -84,7 +84,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
     echo "prepare-tree: $tree now carries $(git -C "$tree" rev-list --count series-base..HEAD) patch(es)"
 fi
 
-# Copy src/ and test/ (only files that changed, so mtimes stay useful).
+# Copy src/, ext/ and test/ (only files that changed, so mtimes stay useful).
 "$here/tools/apply.sh" --sources "$tree"
 
 if [ ! -f "$tree/configure" ] || [ "$tree/configure.ac" -nt "$tree/configure" ]; then
