@@ -164,28 +164,20 @@ class TestIOUringScheduler < Test::Unit::TestCase
     assert_equal [0, 0, 1, 1, 2, 2], log
   end
 
+  # Process.wait2(pid) and Process.wait2(-1): IORING_OP_WAITID, then the
+  # child is reaped with its real status.
   def test_process_wait
-    status = nil
-    run_scheduler do
-      Fiber.schedule do
-        pid = spawn(RbConfig.ruby, "-e", "exit 7")
-        _, status = Process.wait2(pid)
+    [[7, :pid], [3, -1]].each do |code, which|
+      pid = waited = status = nil
+      run_scheduler do
+        Fiber.schedule do
+          pid = spawn(RbConfig.ruby, "-e", "exit #{code}")
+          waited, status = Process.wait2(which == :pid ? pid : which)
+        end
       end
+      assert_equal pid, waited
+      assert_equal code, status.exitstatus
     end
-    assert_equal 7, status.exitstatus
-  end
-
-  def test_process_wait_any_child
-    status = nil
-    run_scheduler do
-      Fiber.schedule do
-        pid = spawn(RbConfig.ruby, "-e", "exit 3")
-        status = [pid, Process.wait2(-1)]
-      end
-    end
-    pid, (waited, st) = status
-    assert_equal pid, waited
-    assert_equal 3, st.exitstatus
   end
 
   def test_ten_thousand_fibers
