@@ -68,16 +68,15 @@ class TestIOUringScheduler < Test::Unit::TestCase
     assert_not_nil result
   end
 
+  # The sleeps overlap: the later, shorter one ends first (one after the
+  # other, the order would be reversed).
   def test_sleep_runs_concurrently
     order = []
-    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     run_scheduler do
       Fiber.schedule { sleep 0.2; order << :slow }
       Fiber.schedule { sleep 0.1; order << :fast }
     end
-    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - elapsed
     assert_equal [:fast, :slow], order
-    assert_operator elapsed, :<, 0.29, "the two sleeps should overlap"
   end
 
   def test_timeout_cancels_read_in_flight
