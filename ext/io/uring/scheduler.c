@@ -51,7 +51,6 @@ struct uring_scheduler;
 struct uring_op {
     VALUE fiber;
     int32_t result;
-    uint32_t flags;
     int inflight;               /* submitted (or queued) and not reaped */
     /* What to do on completion; NULL: make the fiber ready. */
     void (*complete)(struct uring_scheduler *, struct uring_op *);
@@ -363,7 +362,6 @@ op_sqe(struct uring_scheduler *s, struct uring_op *op)
 
     op->fiber = rb_fiber_current();
     op->result = 0;
-    op->flags = 0;
     op->inflight = 1;
     op->next = &s->inflight_ops;
     op->prev = s->inflight_ops.prev;
@@ -390,7 +388,6 @@ reap(struct uring_scheduler *s)
             continue;
         }
         op->result = cqe->res;
-        op->flags = cqe->flags;
         op->inflight = 0;
         op->prev->next = op->next;
         op->next->prev = op->prev;
