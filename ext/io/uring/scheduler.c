@@ -17,6 +17,11 @@
   from Fiber#raise, Thread#raise or a timeout) cancels its operation and
   waits for the kernel to let go of it before its stack frame and buffer go.
 
+  IO#close: a fiber inside an I/O hook is on the scheduler's list of hooks;
+  #fiber_interrupt marks it, cancels its operation (reaped before the call
+  returns on the scheduler's thread) and the hook raises the IOError it was
+  given.  #io_close closes the descriptor with IORING_OP_CLOSE.
+
 **********************************************************************/
 
 #include "ruby/ruby.h"
@@ -57,6 +62,15 @@ struct uring_op {
     struct uring_op *prev, *next;   /* the scheduler's in-flight list */
 };
 
+/* A fiber inside an I/O hook (io_wait, io_read, ...), on its stack: what
+ * #fiber_interrupt looks for when IO#close interrupts it. */
+struct io_hook {
+    VALUE fiber;
+    VALUE interrupt;            /* the exception to raise, or Qnil */
+    struct uring_op *op;        /* the operation it waits for, or NULL */
+    struct io_hook *prev, *next;    /* the scheduler's list of hooks */
+};
+
 /* A fiber to resume, or to raise an exception in (timeout_after). */
 struct ready_entry {
     VALUE fiber;
@@ -75,6 +89,9 @@ struct uring_scheduler {
 
     struct uring_op inflight_ops;   /* list head of operations in flight */
     long inflight;
+
+    struct io_hook hooks;       /* list head of fibers in I/O hooks */
+    int interrupts_pending;     /* #fiber_interrupt from another thread */
 
     struct ready_entry *ready;
     long ready_head, ready_len, ready_capa;
@@ -103,6 +120,9 @@ scheduler_mark(void *ptr)
     /* Fibers with operations in flight: the kernel writes to their stacks. */
     for (op = s->inflight_ops.next; op && op != &s->inflight_ops; op = op->next) {
         rb_gc_mark(op->fiber);
+    }
+    for (struct io_hook *h = s->hooks.next; h && h != &s->hooks; h = h->next) {
+        rb_gc_mark(h->interrupt);
     }
     for (i = 0; i < s->ready_len; i++) {
         struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
@@ -179,6 +199,7 @@ scheduler_alloc(VALUE klass)
     s->loop_fiber = Qnil;
     s->wake_fd = -1;
     s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
+    s->hooks.next = s->hooks.prev = &s->hooks;
     return obj;
 }
 
@@ -261,6 +282,8 @@ scheduler_after_fork(struct uring_scheduler *s)
     s->wake_fd = -1;
     s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
     s->inflight = 0;
+    s->hooks.next = s->hooks.prev = &s->hooks;
+    s->interrupts_pending = 0;
     s->wake_op.inflight = 0;
     s->ready_head = s->ready_len = 0;
     st_clear(s->blocked);
@@ -570,6 +593,78 @@ timespec_of(VALUE duration)
 }
 
 /* ------------------------------------------------------------------ */
+/* Fibers in I/O hooks, and #fiber_interrupt */
+
+static void
+hook_enter(struct uring_scheduler *s, struct io_hook *h)
+{
+    h->fiber = rb_fiber_current();
+    h->interrupt = Qnil;
+    h->op = NULL;
+    h->next = &s->hooks;
+    h->prev = s->hooks.prev;
+    s->hooks.prev->next = h;
+    s->hooks.prev = h;
+}
+
+static void
+hook_leave(struct io_hook *h)
+{
+    h->prev->next = h->next;
+    h->next->prev = h->prev;
+    h->prev = h->next = h;
+}
+
+/* Raise what #fiber_interrupt left for this hook: call before starting an
+ * operation on the descriptor, and after each one. */
+static void
+hook_check(struct io_hook *h)
+{
+    if (!NIL_P(h->interrupt)) rb_exc_raise(h->interrupt);
+}
+
+/* op_wait for an operation of hook `h`. */
+static int32_t
+hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
+{
+    int32_t result;
+
+    h->op = op;
+    result = op_wait(s, op);
+    h->op = NULL;
+    hook_check(h);
+    return result;
+}
+
+/* Cancel the operation of an interrupted hook and wait until the kernel is
+ * done with it (its completion makes the fiber ready, and the fiber then
+ * raises the interrupt).  On the scheduler's thread only. */
+static void
+hook_cancel(struct uring_scheduler *s, struct io_hook *h)
+{
+    struct uring_op *op = h->op;
+    struct io_uring_sqe *sqe;
+
+    if (!op || !op->inflight) return;
+    sqe = sqe_get(s);
+    io_uring_prep_cancel(sqe, op, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    while (op->inflight) wait_completions(s, 0);
+}
+
+/* Cancel for the interrupts other threads asked for. */
+static void
+hooks_cancel_interrupted(struct uring_scheduler *s)
+{
+    struct io_hook *h;
+
+    s->interrupts_pending = 0;
+    for (h = s->hooks.next; h != &s->hooks; h = h->next) {
+        if (!NIL_P(h->interrupt)) hook_cancel(s, h);
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* The event loop */
 
 static int
@@ -600,6 +695,7 @@ run_once(struct uring_scheduler *s)
 {
     long n = s->ready_len;
 
+    if (s->interrupts_pending) hooks_cancel_interrupted(s);
     while (n-- > 0 && s->ready_len > 0) {
         resume_entry(s, ready_shift(s));
     }
@@ -661,6 +757,48 @@ scheduler_closed_p(VALUE self)
 /* ------------------------------------------------------------------ */
 /* Hooks */
 
+struct wait_args {
+    struct uring_scheduler *s;
+    struct io_hook hook;
+    int fd, mask;
+    VALUE timeout;
+};
+
+static VALUE
+io_wait_poll(VALUE ptr)
+{
+    struct wait_args *a = (struct wait_args *)ptr;
+    struct uring_scheduler *s = a->s;
+    struct uring_op op = {0};
+    struct __kernel_timespec ts;
+    struct io_uring_sqe *sqe;
+    int32_t result;
+
+    sqe = op_sqe(s, &op);
+    io_uring_prep_poll_add(sqe, a->fd, a->mask);
+    if (!NIL_P(a->timeout)) {
+        ts = timespec_of(a->timeout);
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe = sqe_get(s);
+        io_uring_prep_link_timeout(sqe, &ts, 0);
+        io_uring_sqe_set_data(sqe, NULL);
+    }
+    result = hook_wait(s, &a->hook, &op);
+    if (result == -ECANCELED) return Qfalse;
+    if (result < 0) rb_syserr_fail(-result, "io_wait");
+    /* An error or hang-up makes every requested event "ready": the next
+     * read or write reports it. */
+    if (!(result & a->mask) && (result & (POLLERR | POLLHUP | POLLNVAL))) return INT2NUM(a->mask);
+    return INT2NUM(result & a->mask);
+}
+
+static VALUE
+io_wait_leave(VALUE ptr)
+{
+    hook_leave(&((struct wait_args *)ptr)->hook);
+    return Qnil;
+}
+
 /*
  *  call-seq: io_wait(io, events, timeout) -> events or false
  *
@@ -670,39 +808,24 @@ scheduler_closed_p(VALUE self)
 static VALUE
 scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout)
 {
-    struct uring_scheduler *s = scheduler_get(self);
-    int fd = rb_io_descriptor(io);
-    int mask = NUM2INT(events);
-    struct uring_op op = {0};
-    struct __kernel_timespec ts;
-    struct io_uring_sqe *sqe = op_sqe(s, &op);
-    int32_t result;
+    struct wait_args a;
 
-    io_uring_prep_poll_add(sqe, fd, mask);
-    if (!NIL_P(timeout)) {
-        ts = timespec_of(timeout);
-        sqe->flags |= IOSQE_IO_LINK;
-        sqe = sqe_get(s);
-        io_uring_prep_link_timeout(sqe, &ts, 0);
-        io_uring_sqe_set_data(sqe, NULL);
-    }
-    result = op_wait(s, &op);
-    if (result == -ECANCELED) return Qfalse;
-    if (result < 0) rb_syserr_fail(-result, "io_wait");
-    /* An error or hang-up makes every requested event "ready": the next
-     * read or write reports it. */
-    if (!(result & mask) && (result & (POLLERR | POLLHUP | POLLNVAL))) return INT2NUM(mask);
-    return INT2NUM(result & mask);
+    a.s = scheduler_get(self);
+    a.fd = rb_io_descriptor(io);
+    a.mask = NUM2INT(events);
+    a.timeout = timeout;
+    hook_enter(a.s, &a.hook);
+    return rb_ensure(io_wait_poll, (VALUE)&a, io_wait_leave, (VALUE)&a);
 }
 
 /* Block until fd is ready for `mask` (kernels that answer -EAGAIN). */
 static void
-fd_wait(struct uring_scheduler *s, int fd, int mask)
+fd_wait(struct uring_scheduler *s, struct io_hook *h, int fd, int mask)
 {
     struct uring_op op = {0};
 
     io_uring_prep_poll_add(op_sqe(s, &op), fd, mask);
-    op_wait(s, &op);
+    hook_wait(s, h, &op);
 }
 
 struct buffer_args {
@@ -721,6 +844,7 @@ enum io_direction { IO_READ, IO_WRITE };
 
 struct io_args {
     struct uring_scheduler *s;
+    struct io_hook hook;
     struct buffer_args b;
     enum io_direction dir;
     int fd;
@@ -749,15 +873,17 @@ io_transfer(VALUE ptr)
 
     for (;;) {
         struct uring_op op = {0};
-        struct io_uring_sqe *sqe = op_sqe(s, &op);
+        struct io_uring_sqe *sqe;
         char *p = (char *)base + a->offset;
         unsigned int n = (unsigned int)(size - a->offset > 0x7ffff000 ? 0x7ffff000 : size - a->offset);
         uint64_t at = a->from < 0 ? (uint64_t)-1 : (uint64_t)(a->from + total);
         int32_t result;
 
+        hook_check(&a->hook);
+        sqe = op_sqe(s, &op);
         if (a->dir == IO_READ) io_uring_prep_read(sqe, a->fd, p, n, at);
         else io_uring_prep_write(sqe, a->fd, p, n, at);
-        result = op_wait(s, &op);
+        result = hook_wait(s, &a->hook, &op);
 
         if (result > 0) {
             total += result;
@@ -769,7 +895,7 @@ io_transfer(VALUE ptr)
         }
         else if (result == -EAGAIN || result == -EWOULDBLOCK) {
             if (a->length == 0) return rb_fiber_scheduler_io_result(-1, -result);
-            fd_wait(s, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
+            fd_wait(s, &a->hook, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
         }
         else if (result == -EINTR) {
             continue;
@@ -785,6 +911,7 @@ static VALUE
 io_unlock(VALUE ptr)
 {
     struct io_args *a = (struct io_args *)ptr;
+    hook_leave(&a->hook);
     if (a->b.locked) rb_io_buffer_unlock(a->b.buffer);
     return Qnil;
 }
@@ -803,6 +930,7 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
     a.offset = NUM2SIZET(offset);
     a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
     buffer_lock(&a.b);
+    hook_enter(a.s, &a.hook);
     return rb_ensure(io_transfer, (VALUE)&a, io_unlock, (VALUE)&a);
 }
 
@@ -851,6 +979,64 @@ static VALUE
 scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset)
 {
     return io_operation(self, IO_WRITE, io, buffer, from, length, offset);
+}
+
+/* ---- close ---- */
+
+/*
+ *  call-seq: io_close(fd) -> true or -errno
+ *
+ *  Closes the descriptor +fd+ with IORING_OP_CLOSE, the fiber waiting for
+ *  the result, which is returned as IO#close expects: true, or a negated
+ *  errno.  Also when the wait is interrupted, the close has completed
+ *  before the exception propagates: the descriptor is never left open.
+ */
+static VALUE
+scheduler_io_close(VALUE self, VALUE fd)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+    int descriptor = NUM2INT(fd);
+    struct uring_op op = {0};
+    int32_t result;
+
+    io_uring_prep_close(op_sqe(s, &op), descriptor);
+    result = op_wait(s, &op);
+    return result < 0 ? INT2NUM(result) : Qtrue;
+}
+
+/*
+ *  call-seq: fiber_interrupt(fiber, exception) -> nil
+ *
+ *  Makes the I/O hook +fiber+ is in (io_wait, io_read, io_write, io_pread,
+ *  io_pwrite) raise +exception+: IO#close calls it for the fibers using the
+ *  descriptor it closes.  On the scheduler's thread the operation in
+ *  flight is cancelled and reaped before this returns, so the kernel is
+ *  done with the descriptor; from another thread the scheduler's thread is
+ *  woken to do so.  A fiber in no I/O hook is left alone.
+ */
+static VALUE
+scheduler_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+    struct io_hook *h;
+
+    if (s->closed || !s->ring_live) return Qnil;
+    if (s->generation != fork_generation) {
+        scheduler_after_fork(s);    /* the parent's fibers are not ours */
+        return Qnil;
+    }
+    for (h = s->hooks.next; h != &s->hooks; h = h->next) {
+        if (h->fiber != fiber) continue;
+        if (NIL_P(h->interrupt)) h->interrupt = exception;
+        if (s->thread == rb_thread_current()) {
+            hook_cancel(s, h);
+        }
+        else {
+            s->interrupts_pending = 1;
+            wake_ubf(s);
+        }
+    }
+    return Qnil;
 }
 
 /* ---- block / unblock / sleep ---- */
@@ -1302,6 +1488,8 @@ Init_uring(void)
     rb_define_method(cScheduler, "io_write", scheduler_io_write, 4);
     rb_define_method(cScheduler, "io_pread", scheduler_io_pread, 5);
     rb_define_method(cScheduler, "io_pwrite", scheduler_io_pwrite, 5);
+    rb_define_method(cScheduler, "io_close", scheduler_io_close, 1);
+    rb_define_method(cScheduler, "fiber_interrupt", scheduler_fiber_interrupt, 2);
     rb_define_method(cScheduler, "block", scheduler_block, -1);
     rb_define_method(cScheduler, "unblock", scheduler_unblock, 2);
     rb_define_method(cScheduler, "kernel_sleep", scheduler_kernel_sleep, -1);

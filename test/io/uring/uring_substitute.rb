@@ -10,7 +10,7 @@ module IOUringSubstitute
   HOOKS = %i[
     run io_wait io_read io_write io_pread io_pwrite io_select
     kernel_sleep block unblock timeout_after process_wait
-    address_resolve blocking_operation_wait fiber
+    address_resolve blocking_operation_wait fiber io_close fiber_interrupt
   ].freeze
 
   def initialize(...)

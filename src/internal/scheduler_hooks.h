@@ -1,0 +1,19 @@
+#ifndef INTERNAL_SCHEDULER_HOOKS_H                       /*-*-C-*-vi:se ft=c:*/
+#define INTERNAL_SCHEDULER_HOOKS_H
+/**
+ * @brief  Fiber::Scheduler hooks implemented in scheduler_hooks.c.
+ */
+#include "ruby/ruby.h"
+
+void Init_scheduler_hooks(void);
+
+/* Does `scheduler` implement #fiber_interrupt? */
+int rb_fiber_scheduler_interruptible_p(VALUE scheduler);
+
+/* Calls an I/O hook on `io`, registered as a user of its descriptor. */
+VALUE rb_fiber_scheduler_io_hook(VALUE scheduler, VALUE io, ID mid, int argc, const VALUE *argv, int required);
+
+/* Lets `scheduler` close `fd`: 1 if it did (*eno: errno of a failed close). */
+int rb_fiber_scheduler_io_close_fd(VALUE scheduler, int fd, int *eno);
+
+#endif /* INTERNAL_SCHEDULER_HOOKS_H */

@@ -1,0 +1,135 @@
+/**********************************************************************
+
+  scheduler_hooks.c - Fiber::Scheduler hooks that need more than a call
+
+  The IO#close protocol: fiber scheduler I/O hooks registered as users of
+  their descriptor, #fiber_interrupt, and #io_close with its result.
+
+**********************************************************************/
+
+#include "vm_core.h"
+#include "ruby/fiber/scheduler.h"
+#include "internal/numeric.h"
+#include "internal/scheduler_hooks.h"
+#include "internal/thread.h"
+
+static ID id_fiber_interrupt;
+
+struct io_hook_call {
+    VALUE scheduler;
+    ID mid;
+    int argc;
+    const VALUE *argv;
+    int required;
+};
+
+static VALUE
+io_hook_call(VALUE ptr)
+{
+    const struct io_hook_call *call = (const struct io_hook_call *)ptr;
+
+    if (call->required) {
+        return rb_funcallv(call->scheduler, call->mid, call->argc, call->argv);
+    }
+    return rb_check_funcall(call->scheduler, call->mid, call->argc, call->argv);
+}
+
+/*
+ * Calls the I/O hook `mid` of `scheduler` on `io`.  A scheduler that
+ * implements #fiber_interrupt gets the hook registered as a user of the
+ * descriptor, so that IO#close interrupts it and waits for it; others keep
+ * the behaviour of earlier versions.  Without `required`, a missing hook
+ * returns Qundef.
+ */
+VALUE
+rb_fiber_scheduler_io_hook(VALUE scheduler, VALUE io, ID mid, int argc, const VALUE *argv, int required)
+{
+    struct io_hook_call call = {scheduler, mid, argc, argv, required};
+
+    if (rb_fiber_scheduler_interruptible_p(scheduler)) {
+        return rb_thread_io_scheduler_call(io, io_hook_call, (VALUE)&call);
+    }
+    return io_hook_call((VALUE)&call);
+}
+
+static VALUE
+fiber_interrupt_call(VALUE ptr)
+{
+    VALUE *args = (VALUE *)ptr;
+
+    return rb_check_funcall(args[0], id_fiber_interrupt, 2, args + 1);
+}
+
+/* Does `scheduler` take part in the IO#close protocol? */
+int
+rb_fiber_scheduler_interruptible_p(VALUE scheduler)
+{
+    return rb_respond_to(scheduler, id_fiber_interrupt);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#fiber_interrupt
+ *  call-seq: fiber_interrupt(fiber, exception)
+ *
+ *  Invoked by IO#close for every fiber that is inside an I/O hook (#io_wait,
+ *  #io_read, #io_write, #io_pread, #io_pwrite) working on the descriptor
+ *  being closed.  The scheduler should cancel what the hook waits for and
+ *  make the hook raise +exception+ (an IOError, "stream closed in another
+ *  thread") in +fiber+.  The return value is ignored.
+ *
+ *  IO#close releases the descriptor only once every such fiber has left its
+ *  hook, so no operation can reach a descriptor number reused by a later
+ *  +open+.  One case cannot wait: a blocking fiber (the thread's root fiber,
+ *  say) closing an IO used by a fiber of its own thread, whose scheduler
+ *  cannot run until the close returns.  There, #fiber_interrupt must have
+ *  stopped every use of the descriptor by +fiber+ before it returns (cancel
+ *  synchronously), and the close does not wait for +fiber+.
+ *
+ *  May be called from any thread.  If it raises, IO#close still closes the
+ *  IO (without waiting for +fiber+) and raises the exception afterwards.
+ *
+ *  Implementing this method opts in: I/O hooks are registered with their
+ *  descriptor only for schedulers that respond to it.
+ */
+VALUE
+rb_fiber_scheduler_fiber_interrupt(VALUE scheduler, VALUE fiber, VALUE exception)
+{
+    rb_execution_context_t *ec = GET_EC();
+    int saved_mask = ec->interrupt_mask;
+    VALUE args[3] = {scheduler, fiber, exception};
+    VALUE result;
+    int state;
+
+    /* Thread#raise must not leave the fiber half-interrupted: it is
+     * delivered once the hook has returned. */
+    ec->interrupt_mask |= PENDING_INTERRUPT_MASK;
+    result = rb_protect(fiber_interrupt_call, (VALUE)args, &state);
+    ec->interrupt_mask = saved_mask;
+    if (state) rb_jump_tag(state);
+    RUBY_VM_CHECK_INTS(ec);
+    return result;
+}
+
+/*
+ * Asks `scheduler` to close `fd` (see Fiber::Scheduler#io_close).  Returns
+ * true if the scheduler took the descriptor; *eno is then the errno of a
+ * failed close, or 0.  Returns false if ruby has to close it.
+ */
+int
+rb_fiber_scheduler_io_close_fd(VALUE scheduler, int fd, int *eno)
+{
+    VALUE result = rb_fiber_scheduler_io_close(scheduler, INT2NUM(fd));
+
+    *eno = 0;
+    if (UNDEF_P(result) || !RTEST(result)) return 0;
+    if (RB_INTEGER_TYPE_P(result) && rb_num_negative_int_p(result)) {
+        *eno = -NUM2INT(result);
+    }
+    return 1;
+}
+
+void
+Init_scheduler_hooks(void)
+{
+    id_fiber_interrupt = rb_intern_const("fiber_interrupt");
+}
