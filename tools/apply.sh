@@ -72,6 +72,44 @@ tree_apply() {
     fi
 }
 
+# The files the series touches, as paths in the tree.
+patched_files() {
+    [ "$n" -gt 0 ] || return 0
+    sed -n 's|^diff --git a/\(.*\) b/.*|\1|p' "${patches[@]}" | LC_ALL=C sort -u
+}
+
+# Does the series apply to the tree, one patch after the other (git apply
+# given several patches does not let a later one build on an earlier one in
+# the same file)?  Checked on a scratch copy of the files it touches.
+# series_check [--reverse] PATCH...: on failure, git's errors on stderr.
+series_check() {
+    local args=() scratch f p ok=0
+    if [ "$1" = --reverse ]; then args=(--reverse); shift; fi
+    scratch=$(mktemp -d)
+    while read -r f; do
+        if [ -e "$tree/$f" ]; then
+            mkdir -p "$scratch/$(dirname "$f")"
+            cp -p "$tree/$f" "$scratch/$f"
+        fi
+    done < <(patched_files)
+    for p in "$@"; do
+        if ! (cd "$scratch" && GIT_CEILING_DIRECTORIES=$(dirname "$scratch") git apply "${args[@]}" "$p"); then
+            ok=1
+            break
+        fi
+    done
+    rm -rf "$scratch"
+    return $ok
+}
+
+# Apply (or reverse) the patches in the tree one after the other; only
+# after series_check said they all apply.
+series_apply() {
+    local args=() p
+    if [ "$1" = --reverse ]; then args=(--reverse); shift; fi
+    for p in "$@"; do tree_apply "${args[@]}" "$p"; done
+}
+
 # The files we copy: src/X -> X, ext/X -> ext/X, test/X -> test/X.
 copied_files() {
     (cd "$here" && find src ext test -type f ! -name '*~' | LC_ALL=C sort) |
@@ -84,9 +122,9 @@ copied_files() {
 state=conflict
 if [ "$mode" = sources ] || [ "$n" -eq 0 ]; then
     state=applied
-elif tree_apply --check --reverse "${reversed[@]}" 2>/dev/null; then
+elif series_check --reverse "${reversed[@]}" 2>/dev/null; then
     state=applied
-elif tree_apply --check "${patches[@]}" 2>/dev/null; then
+elif series_check "${patches[@]}" 2>/dev/null; then
     state=clean
 fi
 
@@ -94,14 +132,14 @@ fi
 explain_conflict() {
     local i err
     for ((i = 1; i <= n; i++)); do
-        if ! err=$(tree_apply --check "${patches[@]:0:i}" 2>&1); then
+        if ! err=$(series_check "${patches[@]:0:i}" 2>&1); then
             echo "apply.sh: patches/$(basename "${patches[i-1]}") does not apply to $tree:" >&2
             echo "$err" | grep -E 'error:' | sed 's/^/    /' >&2
             break
         fi
     done
     for ((i = n - 1; i >= 1; i--)); do
-        if tree_apply --check --reverse "${reversed[@]:n-i}" 2>/dev/null; then
+        if series_check --reverse "${reversed[@]:n-i}" 2>/dev/null; then
             echo "apply.sh: the tree already carries patches 1-$i of $n (partially patched);" \
                  "restore the pristine files first" >&2
             break
@@ -173,7 +211,7 @@ apply|commit|sources)
         git -C "$tree" am --quiet --keep-cr --committer-date-is-author-date "${patches[@]}" ||
             { git -C "$tree" am --abort 2>/dev/null || true; die "git am failed; the tree was restored"; }
     else
-        tree_apply "${patches[@]}"
+        series_apply "${patches[@]}"
     fi
     say "applied $n patch(es) and copied $updated file(s) into $tree"
     ;;
@@ -186,7 +224,7 @@ reverse)
         explain_conflict
         die "cannot undo: $tree does not carry the whole series"
     fi
-    tree_apply --reverse "${reversed[@]}"
+    series_apply --reverse "${reversed[@]}"
     removed=0
     while read -r from to; do
         if cmp -s "$here/$from" "$tree/$to"; then
