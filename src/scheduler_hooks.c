@@ -5,6 +5,9 @@
   The IO#close protocol: fiber scheduler I/O hooks registered as users of
   their descriptor, #fiber_interrupt, and #io_close with its result.
 
+  The fork contract: a forked child starts without the parent's scheduler,
+  which #process_fork may replace.
+
 **********************************************************************/
 
 #include "vm_core.h"
@@ -14,6 +17,11 @@
 #include "internal/thread.h"
 
 static ID id_fiber_interrupt;
+static ID id_process_fork;
+
+/* In a forked child: the scheduler the forking thread had in the parent,
+ * until rb_fiber_scheduler_fork_child() has offered it #process_fork. */
+static VALUE inherited_scheduler = Qnil;
 
 struct io_hook_call {
     VALUE scheduler;
@@ -128,8 +136,67 @@ rb_fiber_scheduler_io_close_fd(VALUE scheduler, int fd, int *eno)
     return 1;
 }
 
+/*
+ * In the child, from rb_thread_atfork(): the thread's scheduler belongs to
+ * the parent.  It is set aside, neither closed nor run.
+ */
+void
+rb_fiber_scheduler_atfork(rb_thread_t *th)
+{
+    inherited_scheduler = th->scheduler;
+    th->scheduler = Qnil;
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#process_fork
+ *  call-seq: process_fork -> scheduler or nil
+ *
+ *  Invoked in the child process of a fork (Kernel#fork, Process.fork,
+ *  IO.popen with <tt>"-"</tt>, Process.daemon) on the scheduler that the
+ *  forking thread had in the parent, before any code of the child runs.
+ *  Never invoked in the parent.
+ *
+ *  The child is clean already: its thread has no scheduler, the forking
+ *  fiber has become the thread's root fiber and is blocking, and no other
+ *  fiber of the parent will run.  The scheduler should let go of what it
+ *  owned in the parent without using it (kernel objects such as an
+ *  io_uring or an epoll instance are shared with the parent), and may
+ *  return a new scheduler for the child, which is set as if by
+ *  Fiber.set_scheduler: the fibers it schedules run when the fork block
+ *  ends or the child exits.  Returning +nil+ (or not implementing the hook)
+ *  leaves the child without a scheduler.
+ *
+ *  An exception raised by the hook is raised in the child by the method
+ *  that forked; with a block, before the block runs, and the child exits as
+ *  if the block had raised it.
+ */
+VALUE
+rb_fiber_scheduler_process_fork(VALUE scheduler)
+{
+    return rb_check_funcall(scheduler, id_process_fork, 0, NULL);
+}
+
+/*
+ * In the child, once ruby is ready to run code: offers the inherited
+ * scheduler #process_fork and installs what it returns.
+ */
+VALUE
+rb_fiber_scheduler_fork_child(void)
+{
+    VALUE scheduler = inherited_scheduler, result;
+
+    if (NIL_P(scheduler)) return Qnil;
+    inherited_scheduler = Qnil;
+    result = rb_fiber_scheduler_process_fork(scheduler);
+    if (UNDEF_P(result) || NIL_P(result)) return Qnil;
+    rb_fiber_scheduler_set(result);
+    return result;
+}
+
 void
 Init_scheduler_hooks(void)
 {
     id_fiber_interrupt = rb_intern_const("fiber_interrupt");
+    id_process_fork = rb_intern_const("process_fork");
+    rb_gc_register_address(&inherited_scheduler);
 }

@@ -16,4 +16,10 @@ VALUE rb_fiber_scheduler_io_hook(VALUE scheduler, VALUE io, ID mid, int argc, co
 /* Lets `scheduler` close `fd`: 1 if it did (*eno: errno of a failed close). */
 int rb_fiber_scheduler_io_close_fd(VALUE scheduler, int fd, int *eno);
 
+/* Fork: the child's thread drops its scheduler (rb_thread_atfork), then the
+ * forking method offers it #process_fork. */
+struct rb_thread_struct;
+void rb_fiber_scheduler_atfork(struct rb_thread_struct *th);
+VALUE rb_fiber_scheduler_fork_child(void);
+
 #endif /* INTERNAL_SCHEDULER_HOOKS_H */

@@ -272,9 +272,9 @@ scheduler_initialize(VALUE self)
 }
 
 /* In a forked child: forget the parent's ring and fibers without touching
- * them, and start over with a ring of our own. */
+ * them (the ring's queues are shared with the parent: only unmapped). */
 static void
-scheduler_after_fork(struct uring_scheduler *s)
+scheduler_forget_parent(struct uring_scheduler *s)
 {
     s->ring_live = 0;           /* the mapping goes with munmap below */
     io_uring_queue_exit(&s->ring);
@@ -288,6 +288,14 @@ scheduler_after_fork(struct uring_scheduler *s)
     s->ready_head = s->ready_len = 0;
     st_clear(s->blocked);
     st_clear(s->woken);
+}
+
+/* A scheduler used in a forked child without #process_fork (a ruby without
+ * the hook): start over with a ring of our own. */
+static void
+scheduler_after_fork(struct uring_scheduler *s)
+{
+    scheduler_forget_parent(s);
     ring_setup(s);
     scheduler_bind(s);
 }
@@ -1039,6 +1047,31 @@ scheduler_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception)
     return Qnil;
 }
 
+/* ---- fork ---- */
+
+/*
+ *  call-seq: process_fork -> new scheduler
+ *
+ *  Called in a forked child on the scheduler its thread had in the parent.
+ *  Drops the parent's ring without submitting to it or reaping from it
+ *  (the queues are shared with the parent, which goes on using them), and
+ *  the parent's fibers with it; this scheduler is closed from then on.
+ *  Returns a new scheduler of the same class, with a ring of its own, for
+ *  the child.
+ */
+static VALUE
+scheduler_process_fork(VALUE self)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+
+    if (s->ring_live && s->generation == fork_generation) {
+        rb_raise(rb_eRuntimeError, "IO::Uring::Scheduler#process_fork is for a forked child");
+    }
+    if (s->ring_live) scheduler_forget_parent(s);
+    s->closed = 1;
+    return rb_class_new_instance(0, NULL, rb_obj_class(self));
+}
+
 /* ---- block / unblock / sleep ---- */
 
 struct block_wait {
@@ -1490,6 +1523,7 @@ Init_uring(void)
     rb_define_method(cScheduler, "io_pwrite", scheduler_io_pwrite, 5);
     rb_define_method(cScheduler, "io_close", scheduler_io_close, 1);
     rb_define_method(cScheduler, "fiber_interrupt", scheduler_fiber_interrupt, 2);
+    rb_define_method(cScheduler, "process_fork", scheduler_process_fork, 0);
     rb_define_method(cScheduler, "block", scheduler_block, -1);
     rb_define_method(cScheduler, "unblock", scheduler_unblock, 2);
     rb_define_method(cScheduler, "kernel_sleep", scheduler_kernel_sleep, -1);
