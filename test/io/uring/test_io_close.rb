@@ -1,31 +1,12 @@
 # frozen_string_literal: false
 require 'test/unit'
 require 'socket'
+require_relative 'uring_test_helper'
 
 # IO#close under IO::Uring::Scheduler: IORING_OP_CLOSE through #io_close,
 # and operations in flight cancelled by #fiber_interrupt.
 class TestIOUringIOClose < Test::Unit::TestCase
-  def setup
-    require "io/uring"
-    begin
-      IO::Uring::Scheduler.new.close
-    rescue SystemCallError => e
-      omit "the kernel refuses io_uring here (#{e.class})"
-    end
-    @fds = open_fds
-  rescue LoadError
-    omit "ruby was built without io_uring"
-  end
-
-  def teardown
-    return unless @fds
-    GC.start
-    assert_equal [], open_fds - @fds, "descriptors leaked"
-  end
-
-  def open_fds
-    Dir.children("/proc/self/fd").map(&:to_i).sort
-  end
+  include IOUringTestHelper
 
   # Counts the descriptors the scheduler closes.
   module CountCloses

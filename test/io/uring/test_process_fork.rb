@@ -1,30 +1,15 @@
 # frozen_string_literal: false
 require 'test/unit'
+require_relative 'uring_test_helper'
 
 # fork under IO::Uring::Scheduler: the child drops the parent's ring
 # (#process_fork) and gets a scheduler with a ring of its own.
 class TestIOUringProcessFork < Test::Unit::TestCase
+  include IOUringTestHelper
+
   def setup
     omit "fork is not available" unless Process.respond_to?(:fork)
-    require "io/uring"
-    begin
-      IO::Uring::Scheduler.new.close
-    rescue SystemCallError => e
-      omit "the kernel refuses io_uring here (#{e.class})"
-    end
-    @fds = open_fds
-  rescue LoadError
-    omit "ruby was built without io_uring"
-  end
-
-  def teardown
-    return unless @fds
-    GC.start
-    assert_equal [], open_fds - @fds, "descriptors leaked"
-  end
-
-  def open_fds
-    Dir.children("/proc/self/fd").map(&:to_i).sort
+    super
   end
 
   # How many descriptors of the process are io_urings, and eventfds.

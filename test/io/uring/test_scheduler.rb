@@ -2,30 +2,10 @@
 require 'test/unit'
 require 'timeout'
 require 'socket'
+require_relative 'uring_test_helper'
 
 class TestIOUringScheduler < Test::Unit::TestCase
-  def setup
-    require "io/uring"
-    begin
-      IO::Uring::Scheduler.new.close
-    rescue SystemCallError => e
-      omit "the kernel refuses io_uring here (#{e.class})"
-    end
-    @fds = open_fds
-  rescue LoadError
-    omit "ruby was built without io_uring"
-  end
-
-  # Every test leaves the descriptors as it found them.
-  def teardown
-    return unless @fds
-    GC.start
-    assert_equal [], open_fds - @fds, "descriptors leaked"
-  end
-
-  def open_fds
-    Dir.children("/proc/self/fd").map(&:to_i).sort
-  end
+  include IOUringTestHelper
 
   # Run the block in a new thread under a fresh IO::Uring::Scheduler.
   def run_scheduler(&block)
