@@ -1,0 +1,163 @@
+/*
+ * The ends and the physical limit of bench/proxy.rb, over TCP on 127.0.0.1:
+ *
+ *   proxy_tools consume          listen, print the port, read one
+ *                                connection to EOF, print "bytes seconds"
+ *                                (from the first byte to EOF)
+ *   proxy_tools produce PORT N   connect to PORT, write N bytes, close
+ *   proxy_tools splice PORT      listen (port printed), accept one
+ *                                connection, copy it to PORT through a pipe
+ *                                with splice(2): no byte in user space
+ *   proxy_tools readwrite PORT   the same with read(2)/write(2) and a 64 KiB
+ *                                buffer
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK (1 << 16)
+
+static void
+die(const char *what)
+{
+    perror(what);
+    exit(1);
+}
+
+static double
+now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A listening socket on 127.0.0.1; its port is printed on stdout. */
+static int
+listen_any(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) die("socket");
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) die("bind");
+    if (listen(fd, 1) < 0) die("listen");
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0) die("getsockname");
+    printf("%d\n", ntohs(sa.sin_port));
+    fflush(stdout);
+    return fd;
+}
+
+static int
+accept_one(int listener)
+{
+    int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+
+    if (fd < 0) die("accept");
+    close(listener);
+    return fd;
+}
+
+static int
+connect_to(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) die("socket");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) die("connect");
+    return fd;
+}
+
+static void
+consume(void)
+{
+    int fd = accept_one(listen_any());
+    static char buf[CHUNK];
+    long long total = 0;
+    double t0 = 0;
+    ssize_t n;
+
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        if (total == 0) t0 = now();
+        total += n;
+    }
+    if (n < 0) die("read");
+    printf("%lld %.6f\n", total, now() - t0);
+}
+
+static void
+produce(int port, long long bytes)
+{
+    int fd = connect_to(port);
+    static char buf[CHUNK];
+
+    memset(buf, 'x', sizeof(buf));
+    while (bytes > 0) {
+        ssize_t n = write(fd, buf, bytes < CHUNK ? (size_t)bytes : CHUNK);
+        if (n < 0) die("write");
+        bytes -= n;
+    }
+    close(fd);
+}
+
+static void
+splice_proxy(int port)
+{
+    int in = accept_one(listen_any()), out = connect_to(port), p[2];
+
+    if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+    for (;;) {
+        ssize_t n = splice(in, NULL, p[1], NULL, CHUNK, SPLICE_F_MOVE | SPLICE_F_MORE);
+        if (n < 0) die("splice in");
+        if (n == 0) break;
+        while (n > 0) {
+            ssize_t m = splice(p[0], NULL, out, NULL, n, SPLICE_F_MOVE | SPLICE_F_MORE);
+            if (m < 0) die("splice out");
+            n -= m;
+        }
+    }
+    close(out);
+}
+
+static void
+readwrite_proxy(int port)
+{
+    int in = accept_one(listen_any()), out = connect_to(port);
+    static char buf[CHUNK];
+    ssize_t n;
+
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        for (ssize_t off = 0; off < n;) {
+            ssize_t m = write(out, buf + off, n - off);
+            if (m < 0) die("write");
+            off += m;
+        }
+    }
+    if (n < 0) die("read");
+    close(out);
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "consume") == 0) consume();
+    else if (argc >= 4 && strcmp(argv[1], "produce") == 0) produce(atoi(argv[2]), atoll(argv[3]));
+    else if (argc >= 3 && strcmp(argv[1], "splice") == 0) splice_proxy(atoi(argv[2]));
+    else if (argc >= 3 && strcmp(argv[1], "readwrite") == 0) readwrite_proxy(atoi(argv[2]));
+    else {
+        fprintf(stderr, "usage: %s consume | produce PORT BYTES | splice PORT | readwrite PORT\n", argv[0]);
+        return 2;
+    }
+    return 0;
+}
