@@ -88,6 +88,26 @@ class TestFiberProcessFork < Test::Unit::TestCase
     w&.close
   end
 
+  # Forked inside Fiber.blocking: the child's root fiber stays blocking
+  # once the block is left.
+  def test_fork_inside_fiber_blocking
+    r, w = IO.pipe
+    in_scheduler(ForkScheduler) do
+      pid = Fiber.blocking { fork }
+      if pid.nil?
+        r.close
+        w << state
+        exit!(0)
+      end
+      w.close
+      Process.wait(pid)
+    end
+    assert_equal("scheduler=TestFiberProcessFork::ForkScheduler blocking=true", r.read)
+  ensure
+    r&.close
+    w&.close
+  end
+
   def test_fork_from_blocking_fiber_of_scheduler_thread
     result = nil
     Thread.new do
