@@ -83,13 +83,17 @@ class TestFiberIOClose < Test::Unit::TestCase
   # Runs the block in the root fiber of a new thread with a scheduler, to
   # schedule fibers; returns the scheduler.
   def with_scheduler(scheduler_class = Scheduler, **settings)
-    Thread.new do
+    thread = Thread.new do
       scheduler = scheduler_class.new
       settings.each { |name, value| scheduler.public_send("#{name}=", value) }
       Fiber.set_scheduler(scheduler)
       yield
       scheduler
-    end.value
+    end
+    thread.join(30) or flunk("the scheduler thread hung")
+    thread.value
+  ensure
+    thread&.kill
   end
 
   def close_blocking(descriptor)
@@ -451,6 +455,36 @@ class TestFiberIOClose < Test::Unit::TestCase
     assert_equal(2, scheduler.closed_descriptors.size)
     assert_equal(read_fd, scheduler.closed_descriptors.last)
     refute_equal(read_fd, scheduler.closed_descriptors.first)
+  end
+
+  # Both halves of a duplex IO are descriptors with users of their own.
+  def test_close_read_on_duplex_interrupts_reader
+    error = nil
+    with_scheduler do
+      io = IO.popen(["cat"], "r+")
+      Fiber.schedule do
+        io.read
+      rescue IOError => error
+      end
+      Fiber.schedule do
+        io.close_read
+        io.close
+      end
+    end
+    assert_closed_error(error)
+  end
+
+  def test_close_on_duplex_interrupts_writer
+    error = nil
+    with_scheduler do
+      io = IO.popen(["cat"], "r+")
+      Fiber.schedule do
+        io.write("x" * 1_000_000) # cat echoes until both pipes are full
+      rescue IOError => error
+      end
+      Fiber.schedule { io.close }
+    end
+    assert_closed_error(error)
   end
 
   def test_socket_close_and_close_read
