@@ -509,21 +509,28 @@ op_complete_quietly(struct uring_scheduler *s, struct uring_op *op)
     /* the fiber gave up on this operation: nothing to resume */
 }
 
-/* The fiber leaves a wait while `op` is in flight: cancel it and wait until
- * the kernel is done with it (its memory is on this fiber's stack). */
+/* Ask the kernel to cancel `op` (in flight) and wait until it is done with
+ * it; its completion runs op->complete as usual. */
 static void
-op_cancel(struct uring_scheduler *s, struct uring_op *op)
+op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op)
 {
-    struct io_uring_sqe *sqe;
+    struct io_uring_sqe *sqe = sqe_get(s);
 
-    if (!op->inflight) return;
-    op->complete = op_complete_quietly;
-    sqe = sqe_get(s);
     io_uring_prep_cancel(sqe, op, 0);
     io_uring_sqe_set_data(sqe, NULL);
     while (op->inflight) {
         wait_completions(s, 0);
     }
+}
+
+/* The fiber leaves a wait while `op` is in flight: cancel it and wait until
+ * the kernel is done with it (its memory is on this fiber's stack). */
+static void
+op_cancel(struct uring_scheduler *s, struct uring_op *op)
+{
+    if (!op->inflight) return;
+    op->complete = op_complete_quietly;
+    op_cancel_and_reap(s, op);
 }
 
 static void run_once(struct uring_scheduler *s);
@@ -650,14 +657,7 @@ hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
 static void
 hook_cancel(struct uring_scheduler *s, struct io_hook *h)
 {
-    struct uring_op *op = h->op;
-    struct io_uring_sqe *sqe;
-
-    if (!op || !op->inflight) return;
-    sqe = sqe_get(s);
-    io_uring_prep_cancel(sqe, op, 0);
-    io_uring_sqe_set_data(sqe, NULL);
-    while (op->inflight) wait_completions(s, 0);
+    if (h->op && h->op->inflight) op_cancel_and_reap(s, h->op);
 }
 
 /* Cancel for the interrupts other threads asked for. */
