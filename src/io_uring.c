@@ -269,18 +269,21 @@ ring_discard(struct io_uring *ring)
 
 /* Cancel everything in flight and wait for all of it to complete.  The GVL
  * stays held: cancellation completes promptly, and until it has, the memory
- * the kernel writes to must not be reused.  Returns 0, or the error that
- * broke the ring. */
+ * the kernel writes to must not be reused.  An operation hard linked to a
+ * cancelled one starts once that one completes, so the cancellation is
+ * repeated after every completion.  Returns 0, or the error that broke the
+ * ring. */
 static int
 ring_cancel_and_drain(struct ring_wait *w)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(w->ring);
     bool cancelled = false;
 
     while (w->pending > 0) {
-        int ret;
+        int ret, before = w->pending;
 
         if (!cancelled) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(w->ring);
+
             if (!sqe) {
                 io_uring_submit(w->ring);
                 sqe = io_uring_get_sqe(w->ring);
@@ -294,6 +297,7 @@ ring_cancel_and_drain(struct ring_wait *w)
         ret = io_uring_submit_and_wait(w->ring, 1);
         if (ring_enter_error_p(ret)) return ret;
         ring_reap(w);
+        if (w->pending < before) cancelled = false;
     }
     return 0;
 }

@@ -8,6 +8,8 @@
   The fork contract: a forked child starts without the parent's scheduler,
   which #process_fork may replace.
 
+  #io_splice: a copy between two descriptors done by the scheduler.
+
 **********************************************************************/
 
 #include "vm_core.h"
@@ -18,6 +20,7 @@
 
 static ID id_fiber_interrupt;
 static ID id_process_fork;
+static ID id_io_splice;
 
 /* In a forked child: the scheduler the forking thread had in the parent,
  * until rb_fiber_scheduler_fork_child() has offered it #process_fork. */
@@ -80,8 +83,8 @@ rb_fiber_scheduler_interruptible_p(VALUE scheduler)
  *  call-seq: fiber_interrupt(fiber, exception)
  *
  *  Invoked by IO#close for every fiber that is inside an I/O hook (#io_wait,
- *  #io_read, #io_write, #io_pread, #io_pwrite) working on the descriptor
- *  being closed.  The scheduler should cancel what the hook waits for and
+ *  #io_read, #io_write, #io_pread, #io_pwrite, #io_splice) working on the
+ *  descriptor being closed.  The scheduler should cancel what the hook waits for and
  *  make the hook raise +exception+ (an IOError, "stream closed in another
  *  thread") in +fiber+.  The return value is ignored.
  *
@@ -134,6 +137,80 @@ rb_fiber_scheduler_io_close_fd(VALUE scheduler, int fd, int *eno)
         *eno = -NUM2INT(result);
     }
     return 1;
+}
+
+struct io_splice_call {
+    VALUE scheduler;
+    VALUE args[5];
+};
+
+static VALUE
+io_splice_call(VALUE ptr)
+{
+    struct io_splice_call *call = (struct io_splice_call *)ptr;
+
+    return rb_check_funcall(call->scheduler, id_io_splice, 5, call->args);
+}
+
+/* Registered as a user of the destination too: IO#close of either end
+ * interrupts the hook. */
+static VALUE
+io_splice_call_to(VALUE ptr)
+{
+    struct io_splice_call *call = (struct io_splice_call *)ptr;
+
+    return rb_thread_io_scheduler_call(call->args[2], io_splice_call, ptr);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#io_splice
+ *  call-seq: io_splice(from, from_offset, to, to_offset, length) -> copied length, 0, -errno or nil
+ *
+ *  Invoked by IO.copy_stream to copy bytes from the IO +from+ to the IO
+ *  +to+ without bringing them into user space (with splice(2) through a
+ *  pipe, say), for a non-blocking fiber.  Both IOs are backed by
+ *  descriptors; +to+ is the write IO of a duplex one.
+ *
+ *  * +from_offset+: +nil+ to read at the file position of +from+ and
+ *    advance it, as read(2) does; or an Integer, the offset to read at,
+ *    leaving the file position alone, as pread(2) does.
+ *  * +to_offset+: the same for +to+ (IO.copy_stream always passes +nil+).
+ *  * +length+: the most bytes this call may copy.
+ *
+ *  One call copies at least one byte, waiting (suspending the fiber) until
+ *  it can, and at most +length+; it may copy fewer, as read(2) may.
+ *  Returns:
+ *
+ *  * the number of bytes copied, every one of them written to +to+;
+ *  * 0 at end of file of +from+, nothing copied;
+ *  * a negated errno if reading +from+ or writing +to+ failed;
+ *  * +nil+ if the scheduler does not do this copy (the kind of descriptor,
+ *    an +O_APPEND+ destination, a kernel that refuses), having copied
+ *    nothing.  IO.copy_stream then copies the rest itself, as when the
+ *    scheduler does not implement the hook.
+ *
+ *  Bytes read from +from+ but not written when the hook fails or is
+ *  interrupted are lost, as those in the buffer of a read(2)/write(2) loop
+ *  would be.  Like the other I/O hooks, #io_splice is registered as a user
+ *  of both descriptors when the scheduler implements #fiber_interrupt, so
+ *  IO#close of either end interrupts it.
+ */
+VALUE
+rb_fiber_scheduler_io_splice(VALUE scheduler, VALUE from, rb_off_t from_offset, VALUE to, rb_off_t to_offset, size_t length)
+{
+    struct io_splice_call call = {
+        scheduler,
+        {
+            from, from_offset < 0 ? Qnil : OFFT2NUM(from_offset),
+            to, to_offset < 0 ? Qnil : OFFT2NUM(to_offset),
+            SIZET2NUM(length),
+        },
+    };
+
+    if (!rb_fiber_scheduler_interruptible_p(scheduler)) {
+        return io_splice_call((VALUE)&call);
+    }
+    return rb_thread_io_scheduler_call(from, io_splice_call_to, (VALUE)&call);
 }
 
 /*
@@ -198,5 +275,6 @@ Init_scheduler_hooks(void)
 {
     id_fiber_interrupt = rb_intern_const("fiber_interrupt");
     id_process_fork = rb_intern_const("process_fork");
+    id_io_splice = rb_intern_const("io_splice");
     rb_gc_register_address(&inherited_scheduler);
 }

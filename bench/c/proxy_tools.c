@@ -10,6 +10,12 @@
  *                                with splice(2): no byte in user space
  *   proxy_tools readwrite PORT   the same with read(2)/write(2) and a 64 KiB
  *                                buffer
+ *   proxy_tools uring PORT       the splice proxy as io_uring operations:
+ *                                socket->pipe and pipe->socket linked in one
+ *                                submission per chunk
+ *
+ * Build: cc -O2 proxy_tools.c -DHAVE_LIBURING -I... liburing.a (the uring
+ * mode needs liburing).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -22,6 +28,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef HAVE_LIBURING
+#include <liburing.h>
+#endif
 
 #define CHUNK (1 << 16)
 
@@ -117,8 +127,10 @@ splice_proxy(int port)
     int in = accept_one(listen_any()), out = connect_to(port), p[2];
 
     if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+    if (getenv("PIPE_SIZE")) fcntl(p[1], F_SETPIPE_SZ, atoi(getenv("PIPE_SIZE")));
+    size_t chunk = getenv("PIPE_SIZE") ? (size_t)atoi(getenv("PIPE_SIZE")) : CHUNK;
     for (;;) {
-        ssize_t n = splice(in, NULL, p[1], NULL, CHUNK, SPLICE_F_MOVE | SPLICE_F_MORE);
+        ssize_t n = splice(in, NULL, p[1], NULL, chunk, SPLICE_F_MOVE | SPLICE_F_MORE);
         if (n < 0) die("splice in");
         if (n == 0) break;
         while (n > 0) {
@@ -148,6 +160,54 @@ readwrite_proxy(int port)
     close(out);
 }
 
+#ifdef HAVE_LIBURING
+/*
+ * One submission per chunk: splice up to CHUNK bytes socket->pipe, hard
+ * linked to pipe->socket (SPLICE_F_NONBLOCK on the pipe side, so a short or
+ * empty first half never leaves the second half waiting on the pipe).
+ * What the second half left in the pipe is drained before the next chunk.
+ */
+static void
+uring_proxy(int port)
+{
+    int in = accept_one(listen_any()), out = connect_to(port), p[2];
+    struct io_uring ring;
+    struct io_uring_sqe *sqe;
+    struct io_uring_cqe *cqe;
+
+    if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+    if (io_uring_queue_init(8, &ring, 0) < 0) die("io_uring_queue_init");
+    if (getenv("PIPE_SIZE")) fcntl(p[1], F_SETPIPE_SZ, atoi(getenv("PIPE_SIZE")));
+    size_t chunk = getenv("PIPE_SIZE") ? (size_t)atoi(getenv("PIPE_SIZE")) : CHUNK;
+    for (;;) {
+        int res[2] = {0, 0};
+        sqe = io_uring_get_sqe(&ring);
+        io_uring_prep_splice(sqe, in, -1, p[1], -1, chunk, SPLICE_F_MOVE);
+        sqe->flags |= IOSQE_IO_HARDLINK;
+        sqe->user_data = 0;
+        sqe = io_uring_get_sqe(&ring);
+        io_uring_prep_splice(sqe, p[0], -1, out, -1, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        sqe->user_data = 1;
+        if (io_uring_submit_and_wait(&ring, 2) < 0) die("io_uring_submit_and_wait");
+        for (int i = 0; i < 2; i++) {
+            if (io_uring_wait_cqe(&ring, &cqe) < 0) die("io_uring_wait_cqe");
+            res[cqe->user_data] = cqe->res;
+            io_uring_cqe_seen(&ring, cqe);
+        }
+        if (res[0] < 0) { errno = -res[0]; die("splice in"); }
+        if (res[0] == 0) break;
+        if (res[1] < 0 && res[1] != -EAGAIN) { errno = -res[1]; die("splice out"); }
+        for (ssize_t left = res[0] - (res[1] > 0 ? res[1] : 0); left > 0;) {
+            ssize_t m = splice(p[0], NULL, out, NULL, left, SPLICE_F_MOVE);
+            if (m < 0) die("splice out");
+            left -= m;
+        }
+    }
+    io_uring_queue_exit(&ring);
+    close(out);
+}
+#endif
+
 int
 main(int argc, char **argv)
 {
@@ -155,8 +215,11 @@ main(int argc, char **argv)
     else if (argc >= 4 && strcmp(argv[1], "produce") == 0) produce(atoi(argv[2]), atoll(argv[3]));
     else if (argc >= 3 && strcmp(argv[1], "splice") == 0) splice_proxy(atoi(argv[2]));
     else if (argc >= 3 && strcmp(argv[1], "readwrite") == 0) readwrite_proxy(atoi(argv[2]));
+#ifdef HAVE_LIBURING
+    else if (argc >= 3 && strcmp(argv[1], "uring") == 0) uring_proxy(atoi(argv[2]));
+#endif
     else {
-        fprintf(stderr, "usage: %s consume | produce PORT BYTES | splice PORT | readwrite PORT\n", argv[0]);
+        fprintf(stderr, "usage: %s consume | produce PORT BYTES | splice PORT | readwrite PORT | uring PORT\n", argv[0]);
         return 2;
     }
     return 0;
