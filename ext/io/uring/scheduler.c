@@ -32,6 +32,7 @@
 
 #include <liburing.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string.h>
@@ -52,6 +53,16 @@ static volatile unsigned long fork_generation;
 
 struct uring_scheduler;
 
+/* A pipe for #io_splice, kept in the scheduler's pool while idle. */
+struct splice_pipe {
+    int fds[2];
+    unsigned int capacity;
+};
+
+#define SPLICE_PIPE_SIZE (1 << 20)  /* asked for; the default pipe-max-size */
+#define SPLICE_CHUNKS 2             /* pipes in flight in one #io_splice */
+#define SPLICE_POOL 8               /* idle pipes kept */
+
 /* One operation in flight, on the waiting fiber's stack. */
 struct uring_op {
     VALUE fiber;
@@ -59,6 +70,7 @@ struct uring_op {
     int inflight;               /* submitted (or queued) and not reaped */
     /* What to do on completion; NULL: make the fiber ready. */
     void (*complete)(struct uring_scheduler *, struct uring_op *);
+    void *arg;                  /* for complete */
     struct uring_op *prev, *next;   /* the scheduler's in-flight list */
 };
 
@@ -67,7 +79,8 @@ struct uring_op {
 struct io_hook {
     VALUE fiber;
     VALUE interrupt;            /* the exception to raise, or Qnil */
-    struct uring_op *op;        /* the operation it waits for, or NULL */
+    struct uring_op *op;        /* the operations it waits for ... */
+    int nops;                   /* ... (an array), or 0 */
     struct io_hook *prev, *next;    /* the scheduler's list of hooks */
 };
 
@@ -102,6 +115,9 @@ struct uring_scheduler {
     int wake_fd;                /* eventfd: wakes the loop from other threads */
     uint64_t wake_value;
     struct uring_op wake_op;
+
+    struct splice_pipe *pipes;  /* idle pipes for #io_splice */
+    int npipes;
 };
 
 static void reap(struct uring_scheduler *s);
@@ -135,8 +151,19 @@ scheduler_mark(void *ptr)
 }
 
 static void
+pipes_release(struct uring_scheduler *s)
+{
+    while (s->npipes > 0) {
+        struct splice_pipe *p = &s->pipes[--s->npipes];
+        close(p->fds[0]);
+        close(p->fds[1]);
+    }
+}
+
+static void
 ring_release(struct uring_scheduler *s)
 {
+    pipes_release(s);
     if (s->ring_live) {
         io_uring_queue_exit(&s->ring);
         s->ring_live = 0;
@@ -173,6 +200,7 @@ scheduler_free(void *ptr)
     if (s->blocked) st_free_table(s->blocked);
     if (s->woken) st_free_table(s->woken);
     ruby_xfree(s->ready);
+    ruby_xfree(s->pipes);
     ruby_xfree(s);
 }
 
@@ -267,6 +295,7 @@ scheduler_initialize(VALUE self)
     s->woken = st_init_numtable();
     s->ready_capa = 64;
     s->ready = ALLOC_N(struct ready_entry, s->ready_capa);
+    s->pipes = ALLOC_N(struct splice_pipe, SPLICE_POOL);
     ring_setup(s);
     return self;
 }
@@ -280,6 +309,7 @@ scheduler_forget_parent(struct uring_scheduler *s)
     io_uring_queue_exit(&s->ring);
     close(s->wake_fd);
     s->wake_fd = -1;
+    pipes_release(s);           /* the child's copies of the descriptors */
     s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
     s->inflight = 0;
     s->hooks.next = s->hooks.prev = &s->hooks;
@@ -510,16 +540,21 @@ op_complete_quietly(struct uring_scheduler *s, struct uring_op *op)
 }
 
 /* Ask the kernel to cancel `op` (in flight) and wait until it is done with
- * it; its completion runs op->complete as usual. */
+ * it; its completion runs op->complete as usual.  An operation linked
+ * behind one still running is not found (-ENOENT) until it starts: the
+ * cancellation is repeated until `op` completes. */
 static void
 op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op)
 {
-    struct io_uring_sqe *sqe = sqe_get(s);
-
-    io_uring_prep_cancel(sqe, op, 0);
-    io_uring_sqe_set_data(sqe, NULL);
     while (op->inflight) {
-        wait_completions(s, 0);
+        struct uring_op cancel = {0};
+
+        io_uring_prep_cancel(op_sqe(s, &cancel), op, 0);
+        cancel.complete = op_complete_quietly;
+        while (cancel.inflight ||
+               (op->inflight && (cancel.result == 0 || cancel.result == -EALREADY))) {
+            wait_completions(s, 0);
+        }
     }
 }
 
@@ -616,6 +651,7 @@ hook_enter(struct uring_scheduler *s, struct io_hook *h)
     h->fiber = rb_fiber_current();
     h->interrupt = Qnil;
     h->op = NULL;
+    h->nops = 0;
     h->next = &s->hooks;
     h->prev = s->hooks.prev;
     s->hooks.prev->next = h;
@@ -645,8 +681,10 @@ hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
     int32_t result;
 
     h->op = op;
+    h->nops = 1;
     result = op_wait(s, op);
     h->op = NULL;
+    h->nops = 0;
     hook_check(h);
     return result;
 }
@@ -657,7 +695,11 @@ hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
 static void
 hook_cancel(struct uring_scheduler *s, struct io_hook *h)
 {
-    if (h->op && h->op->inflight) op_cancel_and_reap(s, h->op);
+    int i;
+
+    for (i = 0; i < h->nops; i++) {
+        if (h->op[i].inflight) op_cancel_and_reap(s, &h->op[i]);
+    }
 }
 
 /* Cancel for the interrupts other threads asked for. */
@@ -989,6 +1031,330 @@ scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length
     return io_operation(self, IO_WRITE, io, buffer, from, length, offset);
 }
 
+/* ---- splice ---- */
+
+/* Room for `n` entries, so that a chain of linked operations is never split
+ * across two submissions. */
+static void
+sq_reserve(struct uring_scheduler *s, unsigned int n)
+{
+    while (io_uring_sq_space_left(&s->ring) < n) {
+        int ret = io_uring_submit(&s->ring);
+        if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
+            rb_syserr_fail(-ret, "io_uring_submit");
+        }
+        reap(s);
+    }
+}
+
+/* A pipe from the pool, or a new one (of SPLICE_PIPE_SIZE if the system
+ * allows).  Returns 0 or a negated errno. */
+static int
+pipe_take(struct uring_scheduler *s, struct splice_pipe *p)
+{
+    int size;
+
+    if (s->npipes > 0) {
+        *p = s->pipes[--s->npipes];
+        return 0;
+    }
+    if (pipe2(p->fds, O_CLOEXEC) < 0) return -errno;
+    fcntl(p->fds[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE);  /* best effort */
+    size = fcntl(p->fds[1], F_GETPIPE_SZ);
+    p->capacity = size > 0 ? (unsigned int)size : (1 << 16);
+    return 0;
+}
+
+/* An empty pipe goes back to the pool; one that may hold bytes is closed. */
+static void
+pipe_give(struct uring_scheduler *s, struct splice_pipe *p, int empty)
+{
+    if (p->fds[0] < 0) return;
+    if (empty && s->npipes < SPLICE_POOL && !s->closed && s->ring_live) {
+        s->pipes[s->npipes++] = *p;
+    }
+    else {
+        close(p->fds[0]);
+        close(p->fds[1]);
+    }
+    p->fds[0] = p->fds[1] = -1;
+}
+
+struct splice_args {
+    struct uring_scheduler *s;
+    struct io_hook hook;
+    int from, to;
+    off_t from_offset, to_offset;   /* -1: the file position */
+    size_t length;
+    struct splice_pipe pipes[SPLICE_CHUNKS];
+    int dirty[SPLICE_CHUNKS];       /* the pipe may hold bytes */
+    struct uring_op ops[2 * SPLICE_CHUNKS + 1];
+    int pending;                    /* operations not completed */
+};
+
+/* The fiber waits for a whole chain: only its last completion wakes it. */
+static void
+splice_op_complete(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct splice_args *a = op->arg;
+
+    if (--a->pending == 0) ready_push(s, op->fiber, Qnil, Qnil);
+}
+
+static struct io_uring_sqe *
+splice_sqe(struct splice_args *a, int i)
+{
+    struct io_uring_sqe *sqe = op_sqe(a->s, &a->ops[i]);
+
+    a->ops[i].complete = splice_op_complete;
+    a->ops[i].arg = a;
+    a->pending++;
+    return sqe;
+}
+
+static VALUE
+splice_wait_yield(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+
+    while (a->pending > 0) suspend(a->s);
+    return Qnil;
+}
+
+/* Leaving early (an exception in the fiber): the operations are cancelled
+ * in chain order, each reaped before the next, which may only start once
+ * the one before it completes. */
+static VALUE
+splice_wait_ensure(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+    int i;
+
+    for (i = 0; i < a->hook.nops; i++) op_cancel(a->s, &a->ops[i]);
+    a->hook.op = NULL;
+    a->hook.nops = 0;
+    return Qnil;
+}
+
+/* Submit the `n` operations prepared in a->ops and wait until all have
+ * completed. */
+static void
+splice_wait(struct splice_args *a, int n)
+{
+    a->hook.op = a->ops;
+    a->hook.nops = n;
+    rb_ensure(splice_wait_yield, (VALUE)a, splice_wait_ensure, (VALUE)a);
+    hook_check(&a->hook);
+}
+
+static int64_t
+splice_at(off_t offset, size_t done)
+{
+    return offset < 0 ? -1 : (int64_t)(offset + (off_t)done);
+}
+
+/* Write the `left` bytes stranded in pipe `p` (the destination took less
+ * than the chain moved).  Returns 0, or a negated errno. */
+static int32_t
+splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left, size_t *total)
+{
+    int wait = 0;
+
+    while (left > 0) {
+        struct io_uring_sqe *sqe;
+        int n = 0;
+        int32_t r;
+
+        sq_reserve(a->s, 2);
+        a->pending = 0;
+        if (wait) {
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_poll_add(sqe, a->to, POLLOUT);
+            sqe->flags |= IOSQE_IO_LINK;
+        }
+        sqe = splice_sqe(a, n++);
+        io_uring_prep_splice(sqe, p->fds[0], -1, a->to, splice_at(a->to_offset, *total),
+                             (unsigned int)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        splice_wait(a, n);
+
+        if (wait && a->ops[0].result < 0) return a->ops[0].result;
+        r = a->ops[n - 1].result;
+        wait = 0;
+        if (r > 0) {
+            left -= r;
+            *total += r;
+        }
+        else if (r == -EAGAIN || r == -EWOULDBLOCK) {
+            wait = 1;
+        }
+        else if (r != -EINTR) {
+            return r < 0 ? r : -EIO;
+        }
+    }
+    return 0;
+}
+
+static int
+splice_refused_p(int32_t result)
+{
+    return result == -EINVAL || result == -ENOSYS || result == -EOPNOTSUPP;
+}
+
+/*
+ * One round: up to SPLICE_CHUNKS pipes, each filled from `from` and
+ * emptied into `to` by a pair of splices, the pairs linked one after the
+ * other.  Inside a pair the link is hard: the second splice moves what the
+ * first one got, even if that is less than a pipeful (a socket gives what
+ * it has), and never waits on the pipe.  Between pairs it is soft: a pair
+ * that moved less than a whole chunk ends the chain, so no byte is read
+ * past a short read or ahead of bytes the destination has not taken yet.
+ * The round's bytes are returned as soon as there are any.
+ */
+static VALUE
+splice_transfer(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+    struct uring_scheduler *s = a->s;
+    int wait_in = 0;
+
+    for (;;) {
+        struct io_uring_sqe *sqe;
+        unsigned int lengths[SPLICE_CHUNKS];
+        int in[SPLICE_CHUNKS], out[SPLICE_CHUNKS];
+        int chunks = 0, n = 0, k, stranded = -1, eof = 0, again = 0;
+        int32_t error = 0;
+        size_t planned = 0, total = 0, left = 0;
+
+        hook_check(&a->hook);
+        for (k = 0; k < SPLICE_CHUNKS && planned < a->length; k++) {
+            if (a->pipes[k].fds[0] < 0) {
+                int e = pipe_take(s, &a->pipes[k]);
+                if (e < 0) {
+                    if (k == 0) return Qnil;    /* out of descriptors: ruby's loop */
+                    break;
+                }
+                a->dirty[k] = 0;
+            }
+            lengths[k] = a->pipes[k].capacity;
+            if (a->length - planned < lengths[k]) lengths[k] = (unsigned int)(a->length - planned);
+            planned += lengths[k];
+            chunks++;
+        }
+
+        sq_reserve(s, 2 * chunks + 1);
+        a->pending = 0;
+        if (wait_in) {
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_poll_add(sqe, a->from, POLLIN);
+            sqe->flags |= IOSQE_IO_LINK;
+        }
+        planned = 0;
+        for (k = 0; k < chunks; k++) {
+            in[k] = n;
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_splice(sqe, a->from, splice_at(a->from_offset, planned), a->pipes[k].fds[1], -1,
+                                 lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            sqe->flags |= IOSQE_IO_HARDLINK;
+            out[k] = n;
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_splice(sqe, a->pipes[k].fds[0], -1, a->to, splice_at(a->to_offset, planned),
+                                 lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (k + 1 < chunks) sqe->flags |= IOSQE_IO_LINK;
+            a->dirty[k] = 1;
+            planned += lengths[k];
+        }
+        splice_wait(a, n);
+
+        wait_in = 0;
+        for (k = 0; k < chunks; k++) {
+            int32_t got = a->ops[in[k]].result, put = a->ops[out[k]].result;
+            size_t moved = put > 0 ? (size_t)put : 0;
+
+            if (got <= 0) {
+                a->dirty[k] = 0;            /* nothing went in */
+                if (got == 0) eof = 1;
+                else if (got == -EAGAIN || got == -EWOULDBLOCK) again = 1;
+                else if (got != -ECANCELED && got != -EINTR) error = got;
+                break;
+            }
+            total += moved;
+            if (put < 0 && put != -EAGAIN && put != -EWOULDBLOCK && put != -ECANCELED && put != -EINTR) {
+                error = put;                /* the pipe keeps what was read */
+                break;
+            }
+            if (moved < (size_t)got) {
+                stranded = k;
+                left = got - moved;
+                break;
+            }
+            a->dirty[k] = 0;
+            if ((unsigned int)got < lengths[k]) break;
+        }
+        if (stranded >= 0) {
+            error = splice_drain(a, &a->pipes[stranded], left, &total);
+            if (!error) a->dirty[stranded] = 0;
+        }
+
+        if (error) {
+            if (total == 0 && splice_refused_p(error)) return Qnil;
+            return INT2NUM(error);
+        }
+        if (total > 0) return SIZET2NUM(total);
+        if (eof) return INT2FIX(0);
+        if (again) wait_in = 1;
+    }
+}
+
+static VALUE
+splice_leave(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+    int k;
+
+    hook_leave(&a->hook);
+    for (k = 0; k < SPLICE_CHUNKS; k++) {
+        pipe_give(a->s, &a->pipes[k], !a->dirty[k]);
+    }
+    return Qnil;
+}
+
+/*
+ *  call-seq: io_splice(from, from_offset, to, to_offset, length) -> copied length, 0, -errno or nil
+ *
+ *  Copies up to +length+ bytes from +from+ to +to+ with IORING_OP_SPLICE
+ *  through pipes of the scheduler's pool (1 MiB each where the system
+ *  allows): no byte is copied to user space.  Up to two pipefuls are in
+ *  flight in one submission, as a chain of linked splices; a descriptor
+ *  that is not ready is waited for with IORING_OP_POLL_ADD.  Returns the
+ *  bytes copied (at least one), 0 at end of file, a negated errno, or nil
+ *  (nothing copied) for a destination opened with O_APPEND or a descriptor
+ *  splice(2) does not support.  See Fiber::Scheduler#io_splice.
+ */
+static VALUE
+scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length)
+{
+    struct splice_args a;
+    int flags, k;
+
+    memset(&a, 0, sizeof(a));
+    a.s = scheduler_get(self);
+    a.from = rb_io_descriptor(from);
+    a.to = rb_io_descriptor(to);
+    a.from_offset = NIL_P(from_offset) ? -1 : NUM2OFFT(from_offset);
+    a.to_offset = NIL_P(to_offset) ? -1 : NUM2OFFT(to_offset);
+    a.length = NUM2SIZET(length);
+    if (a.length == 0) return INT2FIX(0);
+    if (a.length > 0x7ffff000) a.length = 0x7ffff000;
+
+    /* splice(2) refuses O_APPEND with EINVAL once bytes are in the pipe */
+    flags = fcntl(a.to, F_GETFL);
+    if (flags < 0 || (flags & O_APPEND)) return Qnil;
+
+    for (k = 0; k < SPLICE_CHUNKS; k++) a.pipes[k].fds[0] = a.pipes[k].fds[1] = -1;
+    hook_enter(a.s, &a.hook);
+    return rb_ensure(splice_transfer, (VALUE)&a, splice_leave, (VALUE)&a);
+}
+
 /* ---- close ---- */
 
 /*
@@ -1016,7 +1382,7 @@ scheduler_io_close(VALUE self, VALUE fd)
  *  call-seq: fiber_interrupt(fiber, exception) -> nil
  *
  *  Makes the I/O hook +fiber+ is in (io_wait, io_read, io_write, io_pread,
- *  io_pwrite) raise +exception+: IO#close calls it for the fibers using the
+ *  io_pwrite, io_splice) raise +exception+: IO#close calls it for the fibers using the
  *  descriptor it closes.  On the scheduler's thread the operation in
  *  flight is cancelled and reaped before this returns, so the kernel is
  *  done with the descriptor; from another thread the scheduler's thread is
@@ -1522,6 +1888,7 @@ Init_uring(void)
     rb_define_method(cScheduler, "io_pread", scheduler_io_pread, 5);
     rb_define_method(cScheduler, "io_pwrite", scheduler_io_pwrite, 5);
     rb_define_method(cScheduler, "io_close", scheduler_io_close, 1);
+    rb_define_method(cScheduler, "io_splice", scheduler_io_splice, 5);
     rb_define_method(cScheduler, "fiber_interrupt", scheduler_fiber_interrupt, 2);
     rb_define_method(cScheduler, "process_fork", scheduler_process_fork, 0);
     rb_define_method(cScheduler, "block", scheduler_block, -1);
