@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ruby/ruby.h"
@@ -18,6 +19,7 @@
 #include "ruby/fiber/scheduler.h"
 #include "internal/io_splice.h"
 #include "internal/io_uring.h"
+#include "internal/thread.h"
 
 /* The most one #io_splice call is asked to copy. */
 #define HOOK_CHUNK (4 << 20)
@@ -50,12 +52,32 @@ hook_syserr(int error_no)
     return "read";
 }
 
+/*
+ * A byte stream splice(2) can move without changing what arrives: a
+ * regular file, a pipe, or a stream socket.  Datagram and seqpacket sockets
+ * are left to the ordinary loop, whose 16 KiB reads and writes decide where
+ * their messages are cut.
+ */
+static int
+splice_stream_p(const struct rb_io *fptr, mode_t mode)
+{
+    int type;
+    socklen_t len = sizeof(type);
+
+    if (S_ISREG(mode) || S_ISFIFO(mode)) return 1;
+    if (!S_ISSOCK(mode)) return 0;
+    return getsockopt(fptr->fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+}
+
 int
 rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
 {
     /* pread(2) on a pipe or a socket: let the ordinary path fail with
      * ESPIPE as it always has. */
     if (c->src_offset >= 0 && !S_ISREG(c->src_mode)) return RB_IO_SPLICE_FALLBACK;
+    if (!splice_stream_p(c->src_fptr, c->src_mode) || !splice_stream_p(c->dst_fptr, c->dst_mode)) {
+        return RB_IO_SPLICE_FALLBACK;
+    }
 
     while (c->length != 0) {
         size_t want = HOOK_CHUNK;
@@ -246,22 +268,35 @@ uring_copy_release(VALUE ptr)
 }
 
 static int
-splice_source_p(mode_t mode)
-{
-    return S_ISSOCK(mode) || S_ISFIFO(mode);
-}
-
-static int
 splice_destination_p(const struct rb_io_splice_copy *c)
 {
-    if (S_ISSOCK(c->dst_mode) || S_ISFIFO(c->dst_mode)) return 1;
+    if (!splice_stream_p(c->dst_fptr, c->dst_mode)) return 0;
     if (S_ISREG(c->dst_mode)) {
         /* splice(2) refuses O_APPEND files with EINVAL, and only once
          * bytes are in the pipe: rule them out first. */
         int flags = fcntl(c->dst_fptr->fd, F_GETFL);
         return flags >= 0 && !(flags & O_APPEND);
     }
-    return 0;
+    return 1;
+}
+
+/* The thread is a user of both descriptors while its splices may be in
+ * flight: IO#close from another thread interrupts it and waits, so no
+ * splice can reach a descriptor number the close has given back. */
+static VALUE
+uring_copy_to(VALUE ptr)
+{
+    struct uring_copy *u = (struct uring_copy *)ptr;
+
+    return rb_thread_io_blocking_user_call(u->c->dst, uring_copy_body, ptr);
+}
+
+static VALUE
+uring_copy_from(VALUE ptr)
+{
+    struct uring_copy *u = (struct uring_copy *)ptr;
+
+    return rb_thread_io_blocking_user_call(u->c->src, uring_copy_to, ptr);
 }
 
 int
@@ -272,7 +307,9 @@ rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
 
     /* Regular files are copy_file_range(2)'s and sendfile(2)'s; an offset
      * into a pipe or a socket is the ordinary loop's ESPIPE. */
-    if (c->src_offset >= 0 || !splice_source_p(c->src_mode)) return RB_IO_SPLICE_FALLBACK;
+    if (c->src_offset >= 0 || S_ISREG(c->src_mode) || !splice_stream_p(c->src_fptr, c->src_mode)) {
+        return RB_IO_SPLICE_FALLBACK;
+    }
     if (!splice_destination_p(c)) return RB_IO_SPLICE_FALLBACK;
     if (!rb_io_uring_supported_p(IORING_OP_SPLICE) || !rb_io_uring_supported_p(IORING_OP_POLL_ADD)) {
         return RB_IO_SPLICE_FALLBACK;
@@ -286,7 +323,7 @@ rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
     size = fcntl(u.pipe[1], F_GETPIPE_SZ);
     u.capacity = size > 0 ? (unsigned int)size : (1 << 16);
 
-    return FIX2INT(rb_ensure(uring_copy_body, (VALUE)&u, uring_copy_release, (VALUE)&u));
+    return FIX2INT(rb_ensure(uring_copy_from, (VALUE)&u, uring_copy_release, (VALUE)&u));
 }
 
 #else /* !USE_IO_URING */
