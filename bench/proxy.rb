@@ -9,7 +9,8 @@
 # socket) in ruby: stock 3.4.5 and the patched ruby without a scheduler,
 # under CRuby's test scheduler, Async + io-event (EPoll and URing
 # selectors) on stock, and IO::Uring::Scheduler; or C, with splice(2) (the
-# physical limit: no byte in user space) and with read(2)/write(2).
+# physical limit: no byte in user space), with the same splices as linked
+# io_uring operations, and with read(2)/write(2).
 # Best of N (default 3) in one run; MB/s and the ratio to the C splice
 # proxy.
 #
@@ -73,12 +74,14 @@ tools = File.join(top, "build/bench/proxy_tools")
 abort "bench: make and make stock first" unless File.executable?(stock) && File.executable?(patched)
 unless File.executable?(tools) && File.mtime(tools) > File.mtime(File.join(__dir__, "c/proxy_tools.c"))
   Dir.mkdir(File.dirname(tools)) unless Dir.exist?(File.dirname(tools))
-  system("cc", "-O2", "-o", tools, File.join(__dir__, "c/proxy_tools.c")) or abort "bench: cc failed"
+  system("cc", "-O2", "-DHAVE_LIBURING", "-I#{top}/build/liburing/include", "-o", tools,
+         File.join(__dir__, "c/proxy_tools.c"), "#{top}/build/liburing/lib/liburing.a") or abort "bench: cc failed"
 end
 env = { "RUBY_TEST_SCHEDULER" => File.join(top, "build/stock/src/test/fiber/scheduler.rb") }
 
 CASES = [
   ["C splice(2)", [tools, "splice"]],
+  ["C io_uring splice", [tools, "uring"]],
   ["C read/write", [tools, "readwrite"]],
   ["stock, no scheduler", [stock, __FILE__, "--proxy", "none"]],
   ["stock, test scheduler", [stock, __FILE__, "--proxy", "test-scheduler"]],

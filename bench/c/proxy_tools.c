@@ -1,5 +1,6 @@
 /*
- * The ends and the physical limit of bench/proxy.rb, over TCP on 127.0.0.1:
+ * The ends and the physical limits of bench/proxy.rb and bench/copy_stream.rb,
+ * over TCP on 127.0.0.1:
  *
  *   proxy_tools consume          listen, print the port, read one
  *                                connection to EOF, print "bytes seconds"
@@ -11,11 +12,17 @@
  *   proxy_tools readwrite PORT   the same with read(2)/write(2) and a 64 KiB
  *                                buffer
  *   proxy_tools uring PORT       the splice proxy as io_uring operations:
- *                                socket->pipe and pipe->socket linked in one
- *                                submission per chunk
+ *                                socket->pipe hard linked to pipe->socket,
+ *                                one submission per pipeful
+ *   proxy_tools sendfile FILE PORT
+ *                                connect to PORT, sendfile(2) FILE to it
+ *   proxy_tools receive FILE     listen (port printed), accept one
+ *                                connection, splice it into FILE; print
+ *                                "bytes seconds"
  *
- * Build: cc -O2 proxy_tools.c -DHAVE_LIBURING -I... liburing.a (the uring
- * mode needs liburing).
+ * Pipes are given 1 MiB (the default pipe-max-size) where the system
+ * allows, as IO.copy_stream's are.  The uring mode needs liburing:
+ * cc -O2 -DHAVE_LIBURING -I<liburing>/include proxy_tools.c <liburing>/lib/liburing.a
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -25,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,6 +43,8 @@
 #endif
 
 #define CHUNK (1 << 16)
+
+#define PIPE_SIZE (1 << 20)
 
 static void
 die(const char *what)
@@ -89,6 +100,42 @@ connect_to(int port)
     return fd;
 }
 
+/* A pipe of up to PIPE_SIZE; returns its capacity. */
+static size_t
+make_pipe(int p[2])
+{
+    int size;
+
+    if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+    fcntl(p[1], F_SETPIPE_SZ, PIPE_SIZE);
+    size = fcntl(p[1], F_GETPIPE_SZ);
+    return size > 0 ? (size_t)size : CHUNK;
+}
+
+/* Everything from `in` to `out` through a pipe with splice(2). */
+static long long
+splice_all(int in, int out)
+{
+    int p[2];
+    size_t chunk = make_pipe(p);
+    long long total = 0;
+
+    for (;;) {
+        ssize_t n = splice(in, NULL, p[1], NULL, chunk, SPLICE_F_MOVE | SPLICE_F_MORE);
+        if (n < 0) die("splice in");
+        if (n == 0) break;
+        total += n;
+        while (n > 0) {
+            ssize_t m = splice(p[0], NULL, out, NULL, n, SPLICE_F_MOVE | SPLICE_F_MORE);
+            if (m < 0) die("splice out");
+            n -= m;
+        }
+    }
+    close(p[0]);
+    close(p[1]);
+    return total;
+}
+
 static void
 consume(void)
 {
@@ -124,21 +171,39 @@ produce(int port, long long bytes)
 static void
 splice_proxy(int port)
 {
-    int in = accept_one(listen_any()), out = connect_to(port), p[2];
+    int in = accept_one(listen_any()), out = connect_to(port);
 
-    if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
-    if (getenv("PIPE_SIZE")) fcntl(p[1], F_SETPIPE_SZ, atoi(getenv("PIPE_SIZE")));
-    size_t chunk = getenv("PIPE_SIZE") ? (size_t)atoi(getenv("PIPE_SIZE")) : CHUNK;
-    for (;;) {
-        ssize_t n = splice(in, NULL, p[1], NULL, chunk, SPLICE_F_MOVE | SPLICE_F_MORE);
-        if (n < 0) die("splice in");
-        if (n == 0) break;
-        while (n > 0) {
-            ssize_t m = splice(p[0], NULL, out, NULL, n, SPLICE_F_MOVE | SPLICE_F_MORE);
-            if (m < 0) die("splice out");
-            n -= m;
-        }
+    splice_all(in, out);
+    close(out);
+}
+
+static void
+sendfile_to(const char *path, int port)
+{
+    int in = open(path, O_RDONLY | O_CLOEXEC), out = connect_to(port);
+    struct stat st;
+    off_t left;
+
+    if (in < 0 || fstat(in, &st) < 0) die(path);
+    for (left = st.st_size; left > 0;) {
+        ssize_t n = sendfile(out, in, NULL, left);
+        if (n <= 0) die("sendfile");
+        left -= n;
     }
+    close(out);
+}
+
+static void
+receive_into(const char *path)
+{
+    int in = accept_one(listen_any());
+    int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    double t0 = now();
+    long long total;
+
+    if (out < 0) die(path);
+    total = splice_all(in, out);
+    printf("%lld %f\n", total, now() - t0);
     close(out);
 }
 
@@ -174,11 +239,9 @@ uring_proxy(int port)
     struct io_uring ring;
     struct io_uring_sqe *sqe;
     struct io_uring_cqe *cqe;
+    size_t chunk = make_pipe(p);
 
-    if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
     if (io_uring_queue_init(8, &ring, 0) < 0) die("io_uring_queue_init");
-    if (getenv("PIPE_SIZE")) fcntl(p[1], F_SETPIPE_SZ, atoi(getenv("PIPE_SIZE")));
-    size_t chunk = getenv("PIPE_SIZE") ? (size_t)atoi(getenv("PIPE_SIZE")) : CHUNK;
     for (;;) {
         int res[2] = {0, 0};
         sqe = io_uring_get_sqe(&ring);
@@ -218,8 +281,10 @@ main(int argc, char **argv)
 #ifdef HAVE_LIBURING
     else if (argc >= 3 && strcmp(argv[1], "uring") == 0) uring_proxy(atoi(argv[2]));
 #endif
+    else if (argc >= 4 && strcmp(argv[1], "sendfile") == 0) sendfile_to(argv[2], atoi(argv[3]));
+    else if (argc >= 3 && strcmp(argv[1], "receive") == 0) receive_into(argv[2]);
     else {
-        fprintf(stderr, "usage: %s consume | produce PORT BYTES | splice PORT | readwrite PORT | uring PORT\n", argv[0]);
+        fprintf(stderr, "usage: %s consume | produce PORT BYTES | splice PORT | readwrite PORT | uring PORT | sendfile FILE PORT | receive FILE\n", argv[0]);
         return 2;
     }
     return 0;

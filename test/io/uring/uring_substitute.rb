@@ -11,6 +11,7 @@ module IOUringSubstitute
     run io_wait io_read io_write io_pread io_pwrite io_select
     kernel_sleep block unblock timeout_after process_wait
     address_resolve blocking_operation_wait fiber io_close fiber_interrupt
+    io_splice
   ].freeze
 
   def initialize(...)
