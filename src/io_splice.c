@@ -19,6 +19,7 @@
 #include "ruby/fiber/scheduler.h"
 #include "internal/io_splice.h"
 #include "internal/io_uring.h"
+struct rb_execution_context_struct; /* for internal/thread.h */
 #include "internal/thread.h"
 
 /* The most one #io_splice call is asked to copy. */
