@@ -35,12 +35,17 @@ copy_failed(struct rb_io_splice_copy *c, int error_no, const char *syserr)
 
 /*
  * #io_splice reports a negated errno without saying which end failed.
- * IO.copy_stream names the call as its read(2)/write(2) loop would have:
- * the errors only a write can give are the destination's.
+ * IO.copy_stream names the call as its ordinary paths would have: from a
+ * regular file, copy_file_range(2) to a regular file and sendfile(2) to
+ * anything else; otherwise the read(2)/write(2) loop, where the errors only
+ * a write can give are the destination's.
  */
 static const char *
-hook_syserr(int error_no)
+hook_syserr(const struct rb_io_splice_copy *c, int error_no)
 {
+    if (S_ISREG(c->src_mode)) {
+        return S_ISREG(c->dst_mode) ? "copy_file_range" : "sendfile";
+    }
     switch (error_no) {
       case EPIPE:
       case ENOSPC:
@@ -91,7 +96,7 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
 
         n = NUM2SSIZET(result);
         if (n == 0) return RB_IO_SPLICE_DONE;
-        if (n < 0) return copy_failed(c, (int)-n, hook_syserr((int)-n));
+        if (n < 0) return copy_failed(c, (int)-n, hook_syserr(c, (int)-n));
         if ((size_t)n > want) {
             rb_raise(rb_eRuntimeError, "io_splice copied %"PRIdSIZE" bytes, more than the %"PRIuSIZE" asked for", n, want);
         }

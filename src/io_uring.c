@@ -207,6 +207,16 @@ struct ring_wait {
     bool called;        /* the blocking function ran */
 };
 
+/* A kernel that meets a signal inside a worker can hand the internal
+ * restart codes (ERESTARTSYS and kin, 512-516) to the completion, as
+ * IORING_OP_SPLICE does: they mean "interrupted, nothing moved". */
+static int
+cqe_result(int res)
+{
+    if (res <= -512 && res >= -516) return -EINTR;
+    return res;
+}
+
 /* Record every completion available.  Entries with no op (cancellation
  * requests) are only consumed. */
 static void
@@ -219,7 +229,7 @@ ring_reap(struct ring_wait *w)
         struct rb_io_uring_op *op = io_uring_cqe_get_data(cqe);
 
         if (op) {
-            op->result = cqe->res;
+            op->result = cqe_result(cqe->res);
             op->flags = cqe->flags;
             op->done = 1;
             w->pending--;

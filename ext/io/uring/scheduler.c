@@ -37,6 +37,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,10 +54,12 @@ static volatile unsigned long fork_generation;
 
 struct uring_scheduler;
 
-/* A pipe for #io_splice, kept in the scheduler's pool while idle. */
+/* A pipe of #io_splice.  The scheduler owns every one it made, in use or
+ * idle, and closes them all with its ring. */
 struct splice_pipe {
     int fds[2];
     unsigned int capacity;
+    int busy;
 };
 
 #define SPLICE_PIPE_SIZE (1 << 20)  /* asked for; the default pipe-max-size */
@@ -116,8 +119,8 @@ struct uring_scheduler {
     uint64_t wake_value;
     struct uring_op wake_op;
 
-    struct splice_pipe *pipes;  /* idle pipes for #io_splice */
-    int npipes;
+    struct splice_pipe *pipes;  /* the pipes of #io_splice */
+    int npipes, pipes_capa;
 };
 
 static void reap(struct uring_scheduler *s);
@@ -153,6 +156,8 @@ scheduler_mark(void *ptr)
 static void
 pipes_release(struct uring_scheduler *s)
 {
+    /* Also those of fibers that will never resume (a killed thread):
+     * their pipe_give() finds nothing and closes nothing. */
     while (s->npipes > 0) {
         struct splice_pipe *p = &s->pipes[--s->npipes];
         close(p->fds[0]);
@@ -295,7 +300,8 @@ scheduler_initialize(VALUE self)
     s->woken = st_init_numtable();
     s->ready_capa = 64;
     s->ready = ALLOC_N(struct ready_entry, s->ready_capa);
-    s->pipes = ALLOC_N(struct splice_pipe, SPLICE_POOL);
+    s->pipes_capa = SPLICE_POOL;
+    s->pipes = ALLOC_N(struct splice_pipe, s->pipes_capa);
     ring_setup(s);
     return self;
 }
@@ -433,6 +439,16 @@ op_sqe(struct uring_scheduler *s, struct uring_op *op)
     return sqe;
 }
 
+/* A kernel that meets a signal inside a worker can hand the internal
+ * restart codes (ERESTARTSYS and kin, 512-516) to the completion, as
+ * IORING_OP_SPLICE does: they mean "interrupted, nothing moved". */
+static int
+cqe_result(int res)
+{
+    if (res <= -512 && res >= -516) return -EINTR;
+    return res;
+}
+
 static void
 reap(struct uring_scheduler *s)
 {
@@ -448,7 +464,7 @@ reap(struct uring_scheduler *s)
             op->inflight = 0;
             continue;
         }
-        op->result = cqe->res;
+        op->result = cqe_result(cqe->res);
         op->inflight = 0;
         op->prev->next = op->next;
         op->next->prev = op->prev;
@@ -1047,35 +1063,57 @@ sq_reserve(struct uring_scheduler *s, unsigned int n)
     }
 }
 
-/* A pipe from the pool, or a new one (of SPLICE_PIPE_SIZE if the system
- * allows).  Returns 0 or a negated errno. */
+/* An idle pipe, or a new one (of SPLICE_PIPE_SIZE if the system allows).
+ * Returns 0 or a negated errno. */
 static int
 pipe_take(struct uring_scheduler *s, struct splice_pipe *p)
 {
-    int size;
+    struct splice_pipe *q;
+    int i, size;
 
-    if (s->npipes > 0) {
-        *p = s->pipes[--s->npipes];
-        return 0;
+    for (i = 0; i < s->npipes; i++) {
+        if (!s->pipes[i].busy) {
+            s->pipes[i].busy = 1;
+            *p = s->pipes[i];
+            return 0;
+        }
     }
-    if (pipe2(p->fds, O_CLOEXEC) < 0) return -errno;
-    fcntl(p->fds[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE);  /* best effort */
-    size = fcntl(p->fds[1], F_GETPIPE_SZ);
-    p->capacity = size > 0 ? (unsigned int)size : (1 << 16);
+    if (s->npipes == s->pipes_capa) {
+        REALLOC_N(s->pipes, struct splice_pipe, s->pipes_capa * 2);
+        s->pipes_capa *= 2;
+    }
+    q = &s->pipes[s->npipes];
+    if (pipe2(q->fds, O_CLOEXEC) < 0) return -errno;
+    fcntl(q->fds[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE);   /* best effort */
+    size = fcntl(q->fds[1], F_GETPIPE_SZ);
+    q->capacity = size > 0 ? (unsigned int)size : (1 << 16);
+    q->busy = 1;
+    s->npipes++;
+    *p = *q;
     return 0;
 }
 
-/* An empty pipe goes back to the pool; one that may hold bytes is closed. */
+/* Done with `p`: an empty pipe goes back to the pool (up to SPLICE_POOL
+ * idle ones); one that may hold bytes is closed. */
 static void
 pipe_give(struct uring_scheduler *s, struct splice_pipe *p, int empty)
 {
+    int i, idle = 0, found = -1;
+
     if (p->fds[0] < 0) return;
-    if (empty && s->npipes < SPLICE_POOL && !s->closed && s->ring_live) {
-        s->pipes[s->npipes++] = *p;
+    for (i = 0; i < s->npipes; i++) {
+        if (s->pipes[i].fds[0] == p->fds[0] && s->pipes[i].busy) found = i;
+        else if (!s->pipes[i].busy) idle++;
     }
-    else {
-        close(p->fds[0]);
-        close(p->fds[1]);
+    if (found >= 0) {
+        if (empty && idle < SPLICE_POOL && !s->closed && s->ring_live) {
+            s->pipes[found].busy = 0;
+        }
+        else {
+            close(p->fds[0]);
+            close(p->fds[1]);
+            s->pipes[found] = s->pipes[--s->npipes];
+        }
     }
     p->fds[0] = p->fds[1] = -1;
 }
@@ -1090,6 +1128,10 @@ struct splice_args {
     int dirty[SPLICE_CHUNKS];       /* the pipe may hold bytes */
     struct uring_op ops[2 * SPLICE_CHUNKS + 1];
     int pending;                    /* operations not completed */
+    size_t done;                    /* bytes written to `to` */
+    int outs[SPLICE_CHUNKS];        /* the operations of a wait that write */
+    int nouts;                      /* to `to`, not counted in `done` yet */
+    int advance_from;               /* `from` is a file read at its position */
 };
 
 /* The fiber waits for a whole chain: only its last completion wakes it. */
@@ -1137,7 +1179,9 @@ splice_wait_ensure(VALUE ptr)
 }
 
 /* Submit the `n` operations prepared in a->ops and wait until all have
- * completed. */
+ * completed.  Those listed in a->outs write to `to`: what they moved is
+ * counted in a->done by the caller, or by splice_leave() if the wait ends
+ * in an exception. */
 static void
 splice_wait(struct splice_args *a, int n)
 {
@@ -1156,7 +1200,7 @@ splice_at(off_t offset, size_t done)
 /* Write the `left` bytes stranded in pipe `p` (the destination took less
  * than the chain moved).  Returns 0, or a negated errno. */
 static int32_t
-splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left, size_t *total)
+splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left)
 {
     int wait = 0;
 
@@ -1172,17 +1216,20 @@ splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left, size_t *
             io_uring_prep_poll_add(sqe, a->to, POLLOUT);
             sqe->flags |= IOSQE_IO_LINK;
         }
+        a->outs[0] = n;
+        a->nouts = 1;
         sqe = splice_sqe(a, n++);
-        io_uring_prep_splice(sqe, p->fds[0], -1, a->to, splice_at(a->to_offset, *total),
+        io_uring_prep_splice(sqe, p->fds[0], -1, a->to, splice_at(a->to_offset, a->done),
                              (unsigned int)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         splice_wait(a, n);
+        a->nouts = 0;
 
         if (wait && a->ops[0].result < 0) return a->ops[0].result;
         r = a->ops[n - 1].result;
         wait = 0;
         if (r > 0) {
             left -= r;
-            *total += r;
+            a->done += r;
         }
         else if (r == -EAGAIN || r == -EWOULDBLOCK) {
             wait = 1;
@@ -1223,7 +1270,7 @@ splice_transfer(VALUE ptr)
         int in[SPLICE_CHUNKS], out[SPLICE_CHUNKS];
         int chunks = 0, n = 0, k, stranded = -1, eof = 0, again = 0;
         int32_t error = 0;
-        size_t planned = 0, total = 0, left = 0;
+        size_t planned = 0, left = 0;
 
         hook_check(&a->hook);
         for (k = 0; k < SPLICE_CHUNKS && planned < a->length; k++) {
@@ -1252,32 +1299,40 @@ splice_transfer(VALUE ptr)
         for (k = 0; k < chunks; k++) {
             in[k] = n;
             sqe = splice_sqe(a, n++);
-            io_uring_prep_splice(sqe, a->from, splice_at(a->from_offset, planned), a->pipes[k].fds[1], -1,
+            io_uring_prep_splice(sqe, a->from, splice_at(a->from_offset, a->done + planned), a->pipes[k].fds[1], -1,
                                  lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             sqe->flags |= IOSQE_IO_HARDLINK;
-            out[k] = n;
+            out[k] = a->outs[k] = n;
             sqe = splice_sqe(a, n++);
-            io_uring_prep_splice(sqe, a->pipes[k].fds[0], -1, a->to, splice_at(a->to_offset, planned),
+            io_uring_prep_splice(sqe, a->pipes[k].fds[0], -1, a->to, splice_at(a->to_offset, a->done + planned),
                                  lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (k + 1 < chunks) sqe->flags |= IOSQE_IO_LINK;
             a->dirty[k] = 1;
             planned += lengths[k];
         }
+        a->nouts = chunks;
         splice_wait(a, n);
+        a->nouts = 0;
 
         wait_in = 0;
         for (k = 0; k < chunks; k++) {
             int32_t got = a->ops[in[k]].result, put = a->ops[out[k]].result;
             size_t moved = put > 0 ? (size_t)put : 0;
 
+            /* what the pipe holds now */
+            a->dirty[k] = (got > 0 ? (size_t)got : 0) != moved;
+        }
+        for (k = 0; k < chunks; k++) {
+            int32_t got = a->ops[in[k]].result, put = a->ops[out[k]].result;
+            size_t moved = put > 0 ? (size_t)put : 0;
+
             if (got <= 0) {
-                a->dirty[k] = 0;            /* nothing went in */
                 if (got == 0) eof = 1;
                 else if (got == -EAGAIN || got == -EWOULDBLOCK) again = 1;
                 else if (got != -ECANCELED && got != -EINTR) error = got;
                 break;
             }
-            total += moved;
+            a->done += moved;
             if (put < 0 && put != -EAGAIN && put != -EWOULDBLOCK && put != -ECANCELED && put != -EINTR) {
                 error = put;                /* the pipe keeps what was read */
                 break;
@@ -1287,24 +1342,26 @@ splice_transfer(VALUE ptr)
                 left = got - moved;
                 break;
             }
-            a->dirty[k] = 0;
             if ((unsigned int)got < lengths[k]) break;
         }
         if (stranded >= 0) {
-            error = splice_drain(a, &a->pipes[stranded], left, &total);
+            error = splice_drain(a, &a->pipes[stranded], left);
             if (!error) a->dirty[stranded] = 0;
         }
 
         if (error) {
-            if (total == 0 && splice_refused_p(error)) return Qnil;
+            if (a->done == 0 && splice_refused_p(error)) return Qnil;
             return INT2NUM(error);
         }
-        if (total > 0) return SIZET2NUM(total);
+        if (a->done > 0) return SIZET2NUM(a->done);
         if (eof) return INT2FIX(0);
         if (again) wait_in = 1;
     }
 }
 
+/* Leaving #io_splice, also by an exception: the pipes go back (or are
+ * closed), and a file read at its position is left just past the bytes
+ * written to `to`, as read(2) and write(2) would have left it. */
 static VALUE
 splice_leave(VALUE ptr)
 {
@@ -1312,6 +1369,13 @@ splice_leave(VALUE ptr)
     int k;
 
     hook_leave(&a->hook);
+    for (k = 0; k < a->nouts; k++) {
+        int32_t put = a->ops[a->outs[k]].result;
+        if (put > 0) a->done += put;
+    }
+    if (a->advance_from) {
+        lseek(a->from, a->from_offset + (off_t)a->done, SEEK_SET);
+    }
     for (k = 0; k < SPLICE_CHUNKS; k++) {
         pipe_give(a->s, &a->pipes[k], !a->dirty[k]);
     }
@@ -1325,8 +1389,10 @@ splice_leave(VALUE ptr)
  *  through pipes of the scheduler's pool (1 MiB each where the system
  *  allows): no byte is copied to user space.  Up to two pipefuls are in
  *  flight in one submission, as a chain of linked splices; a descriptor
- *  that is not ready is waited for with IORING_OP_POLL_ADD.  Returns the
- *  bytes copied (at least one), 0 at end of file, a negated errno, or nil
+ *  that is not ready is waited for with IORING_OP_POLL_ADD.  A regular
+ *  file read at its position is read at explicit offsets, and its position
+ *  is then set just past the bytes written to +to+.  Returns the bytes
+ *  copied (at least one), 0 at end of file, a negated errno, or nil
  *  (nothing copied) for a destination opened with O_APPEND or a descriptor
  *  splice(2) does not support.  See Fiber::Scheduler#io_splice.
  */
@@ -1334,6 +1400,7 @@ static VALUE
 scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length)
 {
     struct splice_args a;
+    struct stat st;
     int flags, k;
 
     memset(&a, 0, sizeof(a));
@@ -1349,6 +1416,16 @@ scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE t
     /* splice(2) refuses O_APPEND with EINVAL once bytes are in the pipe */
     flags = fcntl(a.to, F_GETFL);
     if (flags < 0 || (flags & O_APPEND)) return Qnil;
+
+    /* Bytes read from a file but not written (EPIPE, an interrupt) must
+     * not move its position: read it at offsets, set the position after. */
+    if (a.from_offset < 0 && fstat(a.from, &st) == 0 && S_ISREG(st.st_mode)) {
+        off_t position = lseek(a.from, 0, SEEK_CUR);
+        if (position >= 0) {
+            a.from_offset = position;
+            a.advance_from = 1;
+        }
+    }
 
     for (k = 0; k < SPLICE_CHUNKS; k++) a.pipes[k].fds[0] = a.pipes[k].fds[1] = -1;
     hook_enter(a.s, &a.hook);
