@@ -178,13 +178,16 @@ class TestIOUringRing < Test::Unit::TestCase
       trapped = 0
       trap(:USR1) { trapped += 1 }
       IO.pipe do |r, w|
-        Thread.new do
+        writer = Thread.new do
           sleep 0.1
           Process.kill(:USR1, $$)
           sleep 0.1
           w.write("data")
         end
         assert_equal "data", Bug::IOUring.read(r, 100)
+        # the write may not have returned yet: closing the pipe now would
+        # raise IOError in it
+        writer.join
       end
       assert_equal 1, trapped
     RUBY
