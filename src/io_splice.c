@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -54,6 +55,13 @@ hook_syserr(const struct rb_io_splice_copy *c, int error_no)
       case EDQUOT:
 #endif
         return "write";
+      case ECONNRESET:
+      case ECONNABORTED:
+      case ENOTCONN:
+      case ETIMEDOUT:
+        /* a socket's: the destination's if only it is one */
+        if (S_ISSOCK(c->dst_mode) && !S_ISSOCK(c->src_mode)) return "write";
+        break;
     }
     return "read";
 }
@@ -108,6 +116,19 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
 }
 
 #if USE_IO_URING
+
+/*
+ * splice(2) from a TCP socket stops at urgent data (MSG_OOB) and never
+ * passes it: it answers 0 or EAGAIN there while bytes wait behind the
+ * mark.  read(2), the ordinary loop's, steps over the urgent byte.
+ */
+static int
+at_urgent_mark_p(int fd)
+{
+    int at = 0;
+
+    return ioctl(fd, SIOCATMARK, &at) == 0 && at;
+}
 
 /* What the copy's pipe is asked to hold: a round moves at most this much.
  * 1 MiB is the default pipe-max-size; a smaller pipe works, slower. */
@@ -170,6 +191,7 @@ uring_copy_body(VALUE ptr)
     struct uring_copy *u = (struct uring_copy *)ptr;
     struct rb_io_splice_copy *c = u->c;
     int wait_in = 0, wait_out = 0, eof = 0;
+    unsigned int asked = 0;
 
     for (;;) {
         struct rb_io_uring_op ops[3];
@@ -180,15 +202,23 @@ uring_copy_body(VALUE ptr)
         if (u->pending == 0 && (eof || c->length == 0)) return INT2FIX(RB_IO_SPLICE_DONE);
         rb_io_check_closed(c->src_fptr);
         rb_io_check_closed(c->dst_fptr);
+        /* The ring is the native thread's, and an M:N thread may change
+         * native threads between rounds (nothing is in flight then). */
+        if (!(u->ring = rb_io_uring_get())) {
+            if (u->pending == 0) return INT2FIX(RB_IO_SPLICE_FALLBACK);
+            return INT2FIX(copy_failed(c, ENOMEM, "io_uring_setup"));
+        }
 
         if (u->pending == 0) {
             unsigned int want = u->capacity;
 
             if (c->length >= 0 && c->length < (rb_off_t)want) want = (unsigned int)c->length;
+            asked = want;
             if (wait_in) {
                 sqe = uring_copy_sqe(u, ops, steps, &n, STEP_POLL_IN);
                 io_uring_prep_poll_add(sqe, c->src_fptr->fd, POLLIN);
                 sqe->flags |= IOSQE_IO_LINK;
+                wait_in = 0;
             }
             sqe = uring_copy_sqe(u, ops, steps, &n, STEP_IN);
             io_uring_prep_splice(sqe, c->src_fptr->fd, -1, u->pipe[1], -1, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -208,7 +238,7 @@ uring_copy_body(VALUE ptr)
 
         ret = rb_io_uring_wait(u->ring, ops, n);
 
-        wait_in = wait_out = 0;
+        wait_out = 0;
         for (i = 0; i < n; i++) {
             int r = ops[i].done ? ops[i].result : -ECANCELED;
 
@@ -222,6 +252,13 @@ uring_copy_body(VALUE ptr)
                 if (r > 0) {
                     u->pending += r;
                     if (c->length > 0) c->length -= r;
+                    /* A short read emptied the source: the next splice
+                     * would say EAGAIN, after a trip through a worker. */
+                    if ((unsigned int)r < asked) wait_in = 1;
+                }
+                else if ((r == 0 || r == -EAGAIN || r == -EWOULDBLOCK) &&
+                         S_ISSOCK(c->src_mode) && at_urgent_mark_p(c->src_fptr->fd)) {
+                    return INT2FIX(RB_IO_SPLICE_FALLBACK);  /* the pipe is empty */
                 }
                 else if (r == 0) {
                     eof = 1;
@@ -279,8 +316,12 @@ splice_destination_p(const struct rb_io_splice_copy *c)
     if (!splice_stream_p(c->dst_fptr, c->dst_mode)) return 0;
     if (S_ISREG(c->dst_mode)) {
         /* splice(2) refuses O_APPEND files with EINVAL, and only once
-         * bytes are in the pipe: rule them out first. */
+         * bytes are in the pipe: rule them out first, and O_DIRECT ones,
+         * whose alignment rules a pipeful need not follow. */
         int flags = fcntl(c->dst_fptr->fd, F_GETFL);
+#ifdef O_DIRECT
+        if (flags >= 0 && (flags & O_DIRECT)) return 0;
+#endif
         return flags >= 0 && !(flags & O_APPEND);
     }
     return 1;

@@ -1132,4 +1132,29 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     th&.kill&.join
     [r, w, dst_r, dst_w].each {|io| io&.close}
   end
+
+  # splice(2) from a TCP socket stops at urgent data (MSG_OOB) and does not
+  # step over it, where read(2) does: the copy neither ends nor spins
+  # there, with the sender gone or still connected.
+  def test_tcp_urgent_data
+    [false, true].each do |sender_stays|
+      TCPServer.open("127.0.0.1", 0) do |server|
+        sender = TCPSocket.new("127.0.0.1", server.addr[1])
+        src = server.accept
+        r, w = IO.pipe
+        [r, w].each(&:binmode)
+        sender.write("abc")
+        sender.send("X", Socket::MSG_OOB)
+        sender.write("def")
+        sleep 0.05 # the three sends have arrived
+        closer = Thread.new { sleep 0.2 if sender_stays; sender.close }
+        copied = Timeout.timeout(10) { IO.copy_stream(src, w) }
+        w.close
+        assert_equal([6, "abcdef"], [copied, r.read], sender_stays ? "sender connected" : "sender gone")
+      ensure
+        closer&.join
+        [src, sender, r, w].each { |io| io&.close }
+      end
+    end
+  end
 end

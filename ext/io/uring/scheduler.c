@@ -37,6 +37,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1241,6 +1242,17 @@ splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left)
     return 0;
 }
 
+/* splice(2) from a TCP socket stops at urgent data (MSG_OOB), answering 0
+ * or EAGAIN with bytes behind the mark; read(2) steps over the urgent
+ * byte, so the rest is left to IO.copy_stream's ordinary loop. */
+static int
+splice_at_urgent_mark_p(int fd)
+{
+    int at = 0;
+
+    return ioctl(fd, SIOCATMARK, &at) == 0 && at;
+}
+
 static int
 splice_refused_p(int32_t result)
 {
@@ -1268,7 +1280,7 @@ splice_transfer(VALUE ptr)
         struct io_uring_sqe *sqe;
         unsigned int lengths[SPLICE_CHUNKS];
         int in[SPLICE_CHUNKS], out[SPLICE_CHUNKS];
-        int chunks = 0, n = 0, k, stranded = -1, eof = 0, again = 0;
+        int chunks = 0, n = 0, k, stranded = -1, eof = 0, again = 0, urgent = 0, clean = 1;
         int32_t error = 0;
         size_t planned = 0, left = 0;
 
@@ -1327,7 +1339,8 @@ splice_transfer(VALUE ptr)
             size_t moved = put > 0 ? (size_t)put : 0;
 
             if (got <= 0) {
-                if (got == 0) eof = 1;
+                if ((got == 0 || got == -EAGAIN || got == -EWOULDBLOCK) && splice_at_urgent_mark_p(a->from)) urgent = 1;
+                else if (got == 0) eof = 1;
                 else if (got == -EAGAIN || got == -EWOULDBLOCK) again = 1;
                 else if (got != -ECANCELED && got != -EINTR) error = got;
                 break;
@@ -1349,10 +1362,16 @@ splice_transfer(VALUE ptr)
             if (!error) a->dirty[stranded] = 0;
         }
 
+        for (k = 0; k < chunks; k++) {
+            if (a->dirty[k]) clean = 0;
+        }
         if (error) {
-            if (a->done == 0 && splice_refused_p(error)) return Qnil;
+            /* A refusal is "not done" only while no byte has left `from`:
+             * one by `to` after the read has them in a pipe. */
+            if (a->done == 0 && clean && splice_refused_p(error)) return Qnil;
             return INT2NUM(error);
         }
+        if (urgent) return a->done > 0 ? SIZET2NUM(a->done) : Qnil;
         if (a->done > 0) return SIZET2NUM(a->done);
         if (eof) return INT2FIX(0);
         if (again) wait_in = 1;
@@ -1393,8 +1412,10 @@ splice_leave(VALUE ptr)
  *  file read at its position is read at explicit offsets, and its position
  *  is then set just past the bytes written to +to+.  Returns the bytes
  *  copied (at least one), 0 at end of file, a negated errno, or nil
- *  (nothing copied) for a destination opened with O_APPEND or a descriptor
- *  splice(2) does not support.  See Fiber::Scheduler#io_splice.
+ *  (nothing copied) for a destination opened with O_APPEND or O_DIRECT, a
+ *  descriptor splice(2) does not support, or a TCP source at urgent data
+ *  (MSG_OOB), which splice(2) does not step over and read(2) does.  See
+ *  Fiber::Scheduler#io_splice.
  */
 static VALUE
 scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length)
@@ -1416,6 +1437,9 @@ scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE t
     /* splice(2) refuses O_APPEND with EINVAL once bytes are in the pipe */
     flags = fcntl(a.to, F_GETFL);
     if (flags < 0 || (flags & O_APPEND)) return Qnil;
+#ifdef O_DIRECT
+    if (flags & O_DIRECT) return Qnil;     /* nor would a pipeful be aligned */
+#endif
 
     /* Bytes read from a file but not written (EPIPE, an interrupt) must
      * not move its position: read it at offsets, set the position after. */
