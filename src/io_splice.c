@@ -10,10 +10,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#ifndef _WIN32
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#endif
 
 #include "ruby/ruby.h"
 #include "internal/io.h"
@@ -22,6 +25,23 @@
 #include "internal/io_uring.h"
 struct rb_execution_context_struct; /* for internal/thread.h */
 #include "internal/thread.h"
+
+#ifdef _WIN32
+
+/* Descriptors are the C runtime's here: both paths stand aside. */
+int
+rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
+{
+    return RB_IO_SPLICE_FALLBACK;
+}
+
+int
+rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
+{
+    return RB_IO_SPLICE_FALLBACK;
+}
+
+#else /* !_WIN32 */
 
 /* The most one #io_splice call is asked to copy. */
 #define HOOK_CHUNK (4 << 20)
@@ -91,6 +111,17 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
     if (c->src_offset >= 0 && !S_ISREG(c->src_mode)) return RB_IO_SPLICE_FALLBACK;
     if (!splice_stream_p(c->src_fptr, c->src_mode) || !splice_stream_p(c->dst_fptr, c->dst_mode)) {
         return RB_IO_SPLICE_FALLBACK;
+    }
+
+    if (c->length < 0 && S_ISREG(c->src_mode)) {
+        /* As copy_file_range(2) and sendfile(2) on the ordinary path: up
+         * to the size the file has when the copy starts. */
+        struct stat st;
+        rb_off_t start = c->src_offset >= 0 ? c->src_offset : lseek(c->src_fptr->fd, 0, SEEK_CUR);
+
+        if (start >= 0 && fstat(c->src_fptr->fd, &st) == 0) {
+            c->length = st.st_size > start ? st.st_size - start : 0;
+        }
     }
 
     while (c->length != 0) {
@@ -382,3 +413,5 @@ rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
 }
 
 #endif /* USE_IO_URING */
+
+#endif /* _WIN32 */

@@ -201,6 +201,34 @@ class TestFiberIOSplice < Test::Unit::TestCase
     end
   end
 
+  # As copy_file_range(2) and sendfile(2) copy without a scheduler: a file
+  # is copied up to the size it had when the copy started.
+  def test_a_file_source_is_copied_up_to_its_size_at_the_start
+    growing = Class.new(SpliceScheduler) do
+      def io_splice(from, *rest)
+        File.write(from.path, "more", mode: "ab") if splices.empty?
+        super
+      end
+    end
+    Tempfile.create("splice") do |f|
+      f.write(DATA)
+      f.flush
+      f.rewind
+      f.read(7)
+      dr, dw = binary_pipe
+      reader = Thread.new { dr.read }
+      copied = nil
+      scheduler = with_scheduler(growing) { copied = IO.copy_stream(f, dw) }
+      dw.close
+      assert_equal DATA.bytesize - 7, copied
+      assert_equal DATA.byteslice(7..), reader.value
+      assert_equal DATA.bytesize - 7, scheduler.splices.first.last
+      assert_equal DATA.bytesize, f.pos
+    ensure
+      [dr, dw].each { |io| io&.close }
+    end
+  end
+
   def test_buffered_bytes_are_written_first
     r, writer = data_pipe
     dr, dw = binary_pipe
