@@ -4,8 +4,9 @@
 #
 #   ruby bench/proxy.rb [--runs N] [--megabytes M]
 #
-# The producer and the consumer are C (bench/c/proxy_tools.c); the consumer
-# times from the first byte to EOF.  The proxy is IO.copy_stream(socket,
+# The producer and the consumer are C (bench/c/proxy_tools.c), cheap on
+# purpose (sendfile(2) from a memfd, splice(2) to /dev/null) so that the
+# proxy is what is measured; the consumer times from the first byte to EOF.  The proxy is IO.copy_stream(socket,
 # socket) in ruby: stock 3.4.5 and the patched ruby without a scheduler,
 # under CRuby's test scheduler, Async + io-event (EPoll and URing
 # selectors) on stock, and IO::Uring::Scheduler; or C, with splice(2) (the
