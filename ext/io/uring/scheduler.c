@@ -1366,8 +1366,9 @@ splice_transfer(VALUE ptr)
             if (a->dirty[k]) clean = 0;
         }
         if (error) {
-            /* A refusal is "not done" only while no byte has left `from`:
-             * one by `to` after the read has them in a pipe. */
+            /* A refusal means "not done" only while no byte has been
+             * read: one by `to` after a read leaves bytes in a pipe, which
+             * nil would lose. */
             if (a->done == 0 && clean && splice_refused_p(error)) return Qnil;
             return INT2NUM(error);
         }
