@@ -119,13 +119,17 @@ ring_create(void)
 
     if (!t) return NULL;
 
-    /* Only this thread submits, and it reaps completions only while it
-     * waits: the kernel can then skip the work needed for sharing. */
+    /* Only this thread submits.  Not IORING_SETUP_DEFER_TASKRUN: its
+     * deferred work, which includes dropping the file references of
+     * requests an io-wq worker finished, runs only when this thread next
+     * enters the ring.  A thread that copied with splice and then closed
+     * the socket may never enter it again, and the peer would wait for an
+     * end of file that never comes. */
     memset(&params, 0, sizeof(params));
-    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    params.flags = IORING_SETUP_SINGLE_ISSUER;
     ret = io_uring_queue_init_params(RING_ENTRIES, &t->ring, &params);
     if (ret == -EINVAL) {
-        /* Kernels before 6.1 lack these flags. */
+        /* Kernels before 6.0 lack the flag. */
         memset(&params, 0, sizeof(params));
         ret = io_uring_queue_init_params(RING_ENTRIES, &t->ring, &params);
     }
