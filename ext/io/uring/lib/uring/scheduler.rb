@@ -31,11 +31,22 @@ class IO::Uring::Scheduler
 
   # A few threads (no scheduler of their own) that run blocking work for
   # the scheduler's fibers.  The waiting fiber blocks on a Thread::Queue,
-  # i.e. through #block and #unblock.  A fiber that leaves early (an
-  # exception) has its job dropped, or its worker killed if it is running,
-  # as Thread#kill would stop a thread doing the work itself.
+  # i.e. through #block and #unblock.
+  #
+  # A fiber that leaves early (an exception) drops its job if no worker has
+  # taken it yet.  Otherwise the work is running, and it may use memory the
+  # fiber owns (blocking_operation_wait's arguments live on its stack, an
+  # IO::Buffer#copy writes into the caller's buffer): the worker is
+  # interrupted, which stops work that can be stopped, and the fiber waits
+  # until the work is over, as a thread doing the work itself would only
+  # take the exception then.
   class WorkerPool
-    Job = Struct.new(:work, :result, :worker, :cancelled)
+    # Raised in a worker whose caller left.
+    class Abandoned < Exception; end
+
+    # state: :queued, then :dropped (the caller left first) or :running
+    # (a worker took it), then :done; every change under lock.
+    Job = Struct.new(:work, :result, :worker, :state, :lock)
 
     def initialize(size = 4)
       @size = size
@@ -44,17 +55,14 @@ class IO::Uring::Scheduler
     end
 
     def call(work)
-      job = Job.new(work, Thread::Queue.new)
+      job = Job.new(work, Thread::Queue.new, nil, :queued, Thread::Mutex.new)
       grow if @jobs.num_waiting.zero?
       @jobs << job
       ok, value = job.result.pop
       job = nil
       ok ? value : raise(value)
     ensure
-      if job
-        job.cancelled = true
-        job.worker&.kill
-      end
+      abandon(job) if job
     end
 
     def close
@@ -64,22 +72,61 @@ class IO::Uring::Scheduler
 
     private
 
+    # The caller leaves before its job finished.
+    def abandon(job)
+      running = job.lock.synchronize do
+        case job.state
+        when :queued then job.state = :dropped
+        when :running then job.worker.raise(Abandoned)
+        end
+        job.state == :running
+      end
+      return unless running
+
+      # Every worker pushes a result once its work is over.  Thread#raise
+      # and #kill wait for that; a scheduler's Fiber#raise (a Timeout)
+      # cannot be deferred: it is kept and raised once the work is over.
+      pending = nil
+      Thread.handle_interrupt(Object => :never) do
+        job.result.pop
+      rescue Exception => error
+        pending ||= error
+        retry
+      end
+      raise pending if pending
+    end
+
     def grow
       @threads.select!(&:alive?)
       return if @threads.size >= @size
       @threads << Thread.new do
-        while (job = @jobs.pop)
-          next if job.cancelled
-          job.worker = Thread.current
-          begin
-            job.result << [true, job.work.call]
-          rescue Exception => error
-            job.result << [false, error]
-          ensure
-            job.worker = nil
+        # Abandoned only while this job's work runs (the caller raises it
+        # under the job's lock, while the state is :running).
+        Thread.handle_interrupt(Abandoned => :never) do
+          while (job = @jobs.pop)
+            run(job) if job.lock.synchronize {
+              next false if job.state == :dropped
+              job.state = :running
+              job.worker = Thread.current
+            }
           end
         end
       end
+    end
+
+    def run(job)
+      begin
+        result = [true, Thread.handle_interrupt(Abandoned => :immediate) { job.work.call }]
+      rescue Exception => error
+        result = [false, error]
+      end
+      job.lock.synchronize { job.state = :done }
+      # One sent after the work returned, before :done: take it here.
+      begin
+        Thread.handle_interrupt(Abandoned => :immediate) { Thread.pass }
+      rescue Abandoned
+      end
+      job.result << result
     end
   end
   private_constant :WorkerPool
