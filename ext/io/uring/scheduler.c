@@ -40,6 +40,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RING_ENTRIES 1024
@@ -93,6 +94,7 @@ struct ready_entry {
     VALUE fiber;
     VALUE klass;                /* Qnil, or the exception class to raise */
     VALUE message;
+    const void *token;          /* the timeout_after that raises, or NULL */
 };
 
 struct uring_scheduler {
@@ -125,6 +127,7 @@ struct uring_scheduler {
 };
 
 static void reap(struct uring_scheduler *s);
+NORETURN(static void ring_fail(struct uring_scheduler *s, int error, const char *call));
 
 /* ------------------------------------------------------------------ */
 
@@ -356,7 +359,7 @@ scheduler_get(VALUE self)
 /* The ready queue */
 
 static void
-ready_push(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message)
+ready_push_raise(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message, const void *token)
 {
     struct ready_entry *e;
 
@@ -376,7 +379,14 @@ ready_push(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message)
     e->fiber = fiber;
     e->klass = klass;
     e->message = message;
+    e->token = token;
     s->ready_len++;
+}
+
+static void
+ready_push(struct uring_scheduler *s, VALUE fiber)
+{
+    ready_push_raise(s, fiber, Qnil, Qnil, NULL);
 }
 
 static struct ready_entry
@@ -389,19 +399,34 @@ ready_shift(struct uring_scheduler *s)
     return e;
 }
 
-/* Forget the pending exceptions for `fiber` (its timeout_after ended). */
+/* Forget the pending exception of the timeout_after `token` (it ended):
+ * only its own, an enclosing timeout_after's still has to fire. */
 static void
-ready_drop_raises(struct uring_scheduler *s, VALUE fiber)
+ready_drop_raise(struct uring_scheduler *s, const void *token)
 {
     long i;
 
     for (i = 0; i < s->ready_len; i++) {
         struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
-        if (e->fiber == fiber && !NIL_P(e->klass)) {
+        if (e->token == token && !NIL_P(e->klass)) {
             e->fiber = Qnil;    /* skipped by the loop */
             e->klass = e->message = Qnil;
+            e->token = NULL;
         }
     }
+}
+
+/* Whether `fiber` waits in the ready queue to be resumed (not raised in). */
+static int
+ready_resume_pending_p(struct uring_scheduler *s, VALUE fiber)
+{
+    long i;
+
+    for (i = 0; i < s->ready_len; i++) {
+        struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
+        if (e->fiber == fiber && NIL_P(e->klass)) return 1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -415,7 +440,7 @@ sqe_get(struct uring_scheduler *s)
     while (!(sqe = io_uring_get_sqe(&s->ring))) {
         int ret = io_uring_submit(&s->ring);
         if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
-            rb_syserr_fail(-ret, "io_uring_submit");
+            ring_fail(s, -ret, "io_uring_submit");
         }
         reap(s);
     }
@@ -465,20 +490,23 @@ reap(struct uring_scheduler *s)
             op->inflight = 0;
             continue;
         }
+        if (s->draining) {
+            /* Being freed: the fibers whose stacks hold the operations may
+             * have been freed before in the same sweep.  Only count. */
+            s->inflight--;
+            continue;
+        }
         op->result = cqe_result(cqe->res);
         op->inflight = 0;
         op->prev->next = op->next;
         op->next->prev = op->prev;
         op->prev = op->next = NULL;
         s->inflight--;
-        if (s->draining) {
-            continue;
-        }
         if (op->complete) {
             op->complete(s, op);
         }
         else {
-            ready_push(s, op->fiber, Qnil, Qnil);
+            ready_push(s, op->fiber);
         }
     }
     io_uring_cq_advance(&s->ring, seen);
@@ -487,6 +515,7 @@ reap(struct uring_scheduler *s)
 struct enter_args {
     struct uring_scheduler *s;
     int result;
+    int called;
 };
 
 static void *
@@ -508,19 +537,52 @@ wake_ubf(void *ptr)
     }
 }
 
+/* io_uring_enter(2) failed for good (the ring's descriptor was closed
+ * behind our back, say): nothing in flight will complete through this
+ * ring.  Forget every operation before raising, so that no list still
+ * reaches into the frames the exception unwinds. */
+static void
+ring_fail(struct uring_scheduler *s, int error, const char *call)
+{
+    while (s->inflight_ops.next != &s->inflight_ops) {
+        struct uring_op *op = s->inflight_ops.next;
+        op->prev->next = op->next;
+        op->next->prev = op->prev;
+        op->prev = op->next = NULL;
+        op->inflight = 0;
+        op->result = -ECANCELED;
+    }
+    s->inflight = 0;
+    rb_syserr_fail(error, call);
+}
+
+static void *
+enter_nogvl_called(void *ptr)
+{
+    struct enter_args *a = ptr;
+    enter_nogvl(a);
+    a->called = 1;
+    return NULL;
+}
+
 /* Submit what is queued and wait for at least one completion.
  *
- * `interruptible` (the event loop): without the GVL, and Ruby interrupts
- * (Thread#raise, signals) get through.  Otherwise (waiting for a cancelled
- * operation or a removed timer, which the kernel completes at once) the
- * GVL stays held and nothing can interrupt the wait. */
+ * `interruptible` (the event loop): Ruby interrupts (Thread#raise,
+ * signals) and other threads (#unblock, through the eventfd) get through.
+ * Otherwise (waiting for a cancelled operation or a removed timer, whose
+ * memory must not go before the kernel lets go of it) nothing ends the
+ * wait but a completion.  Both release the GVL: a cancellation the kernel
+ * cannot carry out at once (a read stuck in a file system) must not stop
+ * every other thread.  Only with an interrupt already pending, which
+ * would keep rb_nogvl from calling, does the wait hold the GVL. */
 static void
 wait_completions(struct uring_scheduler *s, int interruptible)
 {
-    struct enter_args a = {s, 0};
+    struct enter_args a = {s, 0, 0};
 
     if (!interruptible) {
-        enter_nogvl(&a);
+        rb_nogvl(enter_nogvl_called, &a, NULL, NULL, RB_NOGVL_INTR_FAIL);
+        if (!a.called) enter_nogvl(&a);
     }
     else {
         if (!s->wake_op.inflight) {
@@ -533,7 +595,7 @@ wait_completions(struct uring_scheduler *s, int interruptible)
     }
     if (a.result < 0 && a.result != -EINTR && a.result != -EAGAIN &&
         a.result != -EBUSY && a.result != -ETIME) {
-        rb_syserr_fail(-a.result, "io_uring_enter");
+        ring_fail(s, -a.result, "io_uring_enter");
     }
     reap(s);
 }
@@ -545,7 +607,7 @@ poll_completions(struct uring_scheduler *s)
     int ret = io_uring_submit_and_get_events(&s->ring);
 
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-        rb_syserr_fail(-ret, "io_uring_enter");
+        ring_fail(s, -ret, "io_uring_enter");
     }
     reap(s);
 }
@@ -599,6 +661,20 @@ suspend(struct uring_scheduler *s)
     }
 }
 
+/* Room for `n` entries, so that a chain of linked operations is never split
+ * across two submissions. */
+static void
+sq_reserve(struct uring_scheduler *s, unsigned int n)
+{
+    while (io_uring_sq_space_left(&s->ring) < n) {
+        int ret = io_uring_submit(&s->ring);
+        if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
+            ring_fail(s, -ret, "io_uring_submit");
+        }
+        reap(s);
+    }
+}
+
 /* Remove a pending IORING_OP_TIMEOUT and wait until the kernel lets go. */
 static void
 timer_cancel(struct uring_scheduler *s, struct uring_op *timer)
@@ -647,16 +723,48 @@ op_wait(struct uring_scheduler *s, struct uring_op *op)
     return op->result;
 }
 
+/* The deadline `interval` from now on CLOCK_MONOTONIC, the clock of
+ * io_uring's timeouts, for IORING_TIMEOUT_ABS: a timer then runs from the
+ * moment it is asked for, not from the loop's next submission, which a
+ * busy fiber can delay. */
 static struct __kernel_timespec
-timespec_of(VALUE duration)
+deadline_after(struct timespec interval)
 {
     struct __kernel_timespec ts;
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    /* Far beyond any uptime (and the kernel's ktime range): never. */
+    if (interval.tv_sec > ((time_t)1 << 40)) interval.tv_sec = (time_t)1 << 40;
+    ts.tv_sec = (long long)now.tv_sec + interval.tv_sec;
+    ts.tv_nsec = now.tv_nsec + interval.tv_nsec;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
+/* A duration given to a hook that Ruby converts itself without a
+ * scheduler (sleep, IO#wait, IO.select): the same errors as there,
+ * ArgumentError for a negative one and RangeError beyond time_t. */
+static struct __kernel_timespec
+deadline_of(VALUE duration)
+{
+    return deadline_after(rb_time_timespec_interval(duration));
+}
+
+/* A duration Ruby hands on without checking (Timeout's, Queue#pop's):
+ * negative ones are 0, too large ones never come. */
+static struct __kernel_timespec
+deadline_clamped(VALUE duration)
+{
+    struct timespec interval = {0, 0};
     double d = NUM2DBL(duration);
 
-    if (d < 0) d = 0;
-    ts.tv_sec = (long long)d;
-    ts.tv_nsec = (long long)((d - (double)ts.tv_sec) * 1e9);
-    return ts;
+    if (d > 1e12) interval.tv_sec = (time_t)1 << 40;
+    else if (d > 0) interval = rb_time_timespec_interval(duration);
+    return deadline_after(interval);
 }
 
 /* ------------------------------------------------------------------ */
@@ -764,7 +872,18 @@ run_once(struct uring_scheduler *s)
 
     if (s->interrupts_pending) hooks_cancel_interrupted(s);
     while (n-- > 0 && s->ready_len > 0) {
-        resume_entry(s, ready_shift(s));
+        struct ready_entry e = ready_shift(s);
+
+        /* A timer fired and the fiber's operation completed in the same
+         * turn: the completion goes first, as the kernel has already done
+         * the work (a read has consumed its bytes, which the exception
+         * would lose).  The raise waits behind it, and is dropped if the
+         * fiber leaves its timeout_after meanwhile. */
+        if (!NIL_P(e.klass) && ready_resume_pending_p(s, e.fiber)) {
+            ready_push_raise(s, e.fiber, e.klass, e.message, e.token);
+            continue;
+        }
+        resume_entry(s, e);
     }
     if (s->ready_len > 0) {
         poll_completions(s);
@@ -798,13 +917,42 @@ scheduler_run(VALUE self)
  *  scheduler afterwards raises RuntimeError.  Also called as
  *  #scheduler_close by Fiber.set_scheduler and at thread exit.
  */
+/* The loop ended in an exception (Thread#kill of the scheduler's thread,
+ * a signal) with operations in flight: cancel them all and wait for the
+ * kernel to let go, now that their fibers are still alive.  Left to
+ * scheduler_free, the kernel could write into fiber stacks the same GC
+ * has freed. */
+static VALUE
+scheduler_cancel_all(VALUE self)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+
+    if (!s->ring_live || s->generation != fork_generation || NIL_P(s->thread) ||
+        s->thread != rb_thread_current()) {
+        return Qnil;
+    }
+    while (s->inflight > 0) {
+        long before = s->inflight;
+        struct io_uring_sqe *sqe = sqe_get(s);
+
+        /* Again after every completion: a linked operation can only be
+         * cancelled once the one before it has completed. */
+        io_uring_prep_cancel(sqe, NULL, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data(sqe, NULL);
+        while (s->inflight == before) wait_completions(s, 0);
+    }
+    return Qnil;
+}
+
 static VALUE
 scheduler_close(VALUE self)
 {
     struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
 
     if (s->closed) return Qnil;
-    if (!NIL_P(s->thread) || s->generation != fork_generation) scheduler_run(self);
+    if (!NIL_P(s->thread) || s->generation != fork_generation) {
+        rb_ensure(scheduler_run, self, scheduler_cancel_all, self);
+    }
     rb_funcall(self, rb_intern("close_workers"), 0);
     s->closed = 1;
     ring_release(s);
@@ -828,7 +976,8 @@ struct wait_args {
     struct uring_scheduler *s;
     struct io_hook hook;
     int fd, mask;
-    VALUE timeout;
+    int timed;                  /* with a deadline: */
+    struct __kernel_timespec deadline;
 };
 
 static VALUE
@@ -837,17 +986,19 @@ io_wait_poll(VALUE ptr)
     struct wait_args *a = (struct wait_args *)ptr;
     struct uring_scheduler *s = a->s;
     struct uring_op op = {0};
-    struct __kernel_timespec ts;
     struct io_uring_sqe *sqe;
     int32_t result;
 
+    /* The poll and its timeout go in one submission: were the queue to
+     * fill between them, the poll would be submitted alone, unlinked. */
+    if (a->timed) sq_reserve(s, 2);
+    hook_check(&a->hook);
     sqe = op_sqe(s, &op);
     io_uring_prep_poll_add(sqe, a->fd, a->mask);
-    if (!NIL_P(a->timeout)) {
-        ts = timespec_of(a->timeout);
+    if (a->timed) {
         sqe->flags |= IOSQE_IO_LINK;
         sqe = sqe_get(s);
-        io_uring_prep_link_timeout(sqe, &ts, 0);
+        io_uring_prep_link_timeout(sqe, &a->deadline, IORING_TIMEOUT_ABS);
         io_uring_sqe_set_data(sqe, NULL);
     }
     result = hook_wait(s, &a->hook, &op);
@@ -880,7 +1031,8 @@ scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout)
     a.s = scheduler_get(self);
     a.fd = rb_io_descriptor(io);
     a.mask = NUM2INT(events);
-    a.timeout = timeout;
+    a.timed = !NIL_P(timeout);
+    if (a.timed) a.deadline = deadline_of(timeout);
     hook_enter(a.s, &a.hook);
     return rb_ensure(io_wait_poll, (VALUE)&a, io_wait_leave, (VALUE)&a);
 }
@@ -891,6 +1043,7 @@ fd_wait(struct uring_scheduler *s, struct io_hook *h, int fd, int mask)
 {
     struct uring_op op = {0};
 
+    hook_check(h);
     io_uring_prep_poll_add(op_sqe(s, &op), fd, mask);
     hook_wait(s, h, &op);
 }
@@ -1050,20 +1203,6 @@ scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length
 
 /* ---- splice ---- */
 
-/* Room for `n` entries, so that a chain of linked operations is never split
- * across two submissions. */
-static void
-sq_reserve(struct uring_scheduler *s, unsigned int n)
-{
-    while (io_uring_sq_space_left(&s->ring) < n) {
-        int ret = io_uring_submit(&s->ring);
-        if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
-            rb_syserr_fail(-ret, "io_uring_submit");
-        }
-        reap(s);
-    }
-}
-
 /* An idle pipe, or a new one (of SPLICE_PIPE_SIZE if the system allows).
  * Returns 0 or a negated errno. */
 static int
@@ -1141,7 +1280,7 @@ splice_op_complete(struct uring_scheduler *s, struct uring_op *op)
 {
     struct splice_args *a = op->arg;
 
-    if (--a->pending == 0) ready_push(s, op->fiber, Qnil, Qnil);
+    if (--a->pending == 0) ready_push(s, op->fiber);
 }
 
 static struct io_uring_sqe *
@@ -1393,7 +1532,9 @@ splice_leave(VALUE ptr)
         int32_t put = a->ops[a->outs[k]].result;
         if (put > 0) a->done += put;
     }
-    if (a->advance_from) {
+    /* Not after IO#close interrupted the hook: the descriptor is closed
+     * (or closing) and its number may already be another file's. */
+    if (a->advance_from && NIL_P(a->hook.interrupt)) {
         lseek(a->from, a->from_offset + (off_t)a->done, SEEK_SET);
     }
     for (k = 0; k < SPLICE_CHUNKS; k++) {
@@ -1477,6 +1618,11 @@ scheduler_io_close(VALUE self, VALUE fd)
 
     io_uring_prep_close(op_sqe(s, &op), descriptor);
     result = op_wait(s, &op);
+    /* IORING_OP_CLOSE refuses some descriptors that close(2) takes (those
+     * of io_uring instances): still open, they are closed the usual way. */
+    if (result == -EBADF && fcntl(descriptor, F_GETFD) >= 0) {
+        result = close(descriptor) < 0 && errno != EINTR ? -errno : 0;
+    }
     return result < 0 ? INT2NUM(result) : Qtrue;
 }
 
@@ -1548,7 +1694,7 @@ struct block_wait {
     int unblocked;
     int timed_out;
     struct uring_op timer;
-    struct __kernel_timespec ts;
+    struct __kernel_timespec deadline;
 };
 
 static void
@@ -1559,7 +1705,7 @@ block_timer_complete(struct uring_scheduler *s, struct uring_op *op)
 
     if (op->result == -ETIME && st_delete(s->blocked, &key, NULL)) {
         w->timed_out = 1;
-        ready_push(s, w->fiber, Qnil, Qnil);
+        ready_push(s, w->fiber);
     }
 }
 
@@ -1581,6 +1727,12 @@ block_ensure(VALUE ptr)
     st_data_t key = (st_data_t)w->fiber;
 
     st_delete(w->s->blocked, &key, NULL);
+    /* An #unblock that came after the timer fired (or the exception was
+     * raised), before the fiber ran again, found it no longer blocked and
+     * left a wake-up in `woken`: it was meant for this wait, which is
+     * over.  Kept, it would end the fiber's next block at once. */
+    key = (st_data_t)w->fiber;
+    st_delete(w->s->woken, &key, NULL);
     timer_cancel(w->s, &w->timer);
     return Qnil;
 }
@@ -1598,9 +1750,9 @@ block_until(struct uring_scheduler *s, VALUE timeout)
     }
     st_insert(s->blocked, (st_data_t)w.fiber, (st_data_t)&w);
     if (!NIL_P(timeout)) {
-        w.ts = timespec_of(timeout);
+        w.deadline = deadline_clamped(timeout);
         w.timer.complete = block_timer_complete;
-        io_uring_prep_timeout(op_sqe(s, &w.timer), &w.ts, 0, 0);
+        io_uring_prep_timeout(op_sqe(s, &w.timer), &w.deadline, 0, IORING_TIMEOUT_ABS);
     }
     return rb_ensure(block_yield, (VALUE)&w, block_ensure, (VALUE)&w);
 }
@@ -1618,6 +1770,19 @@ scheduler_block(int argc, VALUE *argv, VALUE self)
     VALUE timeout = rb_check_arity(argc, 1, 2) > 1 ? argv[1] : Qnil;
 
     return block_until(s, timeout);
+}
+
+static int
+woken_dead_i(st_data_t key, st_data_t value, st_data_t arg)
+{
+    return RTEST(rb_fiber_alive_p((VALUE)key)) ? ST_CONTINUE : ST_DELETE;
+}
+
+/* Forget the early wake-ups of fibers that have finished. */
+static void
+woken_sweep(struct uring_scheduler *s)
+{
+    st_foreach(s->woken, woken_dead_i, 0);
 }
 
 /*
@@ -1640,7 +1805,7 @@ scheduler_unblock(VALUE self, VALUE blocker, VALUE fiber)
     if (st_delete(s->blocked, &key, &value)) {
         struct block_wait *w = (struct block_wait *)value;
         w->unblocked = 1;
-        ready_push(s, fiber, Qnil, Qnil);
+        ready_push(s, fiber);
         if (s->thread != rb_thread_current()) wake_ubf(s);
     }
     else if (RTEST(rb_fiber_alive_p(fiber))) {
@@ -1648,6 +1813,7 @@ scheduler_unblock(VALUE self, VALUE blocker, VALUE fiber)
          * waiter before it calls #block, and may wake it in between.  Its
          * next #block returns at once (a spurious wakeup at worst, which
          * those callers expect). */
+        if (s->woken->num_entries >= 64) woken_sweep(s);
         st_insert(s->woken, key, 1);
     }
     return Qnil;
@@ -1665,14 +1831,14 @@ scheduler_kernel_sleep(int argc, VALUE *argv, VALUE self)
     struct uring_scheduler *s = scheduler_get(self);
     VALUE duration = rb_check_arity(argc, 0, 1) ? argv[0] : Qnil;
     struct uring_op op = {0};
-    struct __kernel_timespec ts;
+    struct __kernel_timespec deadline;
 
     if (NIL_P(duration)) {
         block_until(s, Qnil);
         return Qnil;
     }
-    ts = timespec_of(duration);
-    io_uring_prep_timeout(op_sqe(s, &op), &ts, 0, 0);
+    deadline = deadline_of(duration);
+    io_uring_prep_timeout(op_sqe(s, &op), &deadline, 0, IORING_TIMEOUT_ABS);
     op_wait(s, &op);
     return Qnil;
 }
@@ -1683,7 +1849,7 @@ struct timeout_args {
     struct uring_scheduler *s;
     VALUE fiber, klass, message, duration;
     struct uring_op timer;
-    struct __kernel_timespec ts;
+    struct __kernel_timespec deadline;
 };
 
 static void
@@ -1691,7 +1857,7 @@ timeout_complete(struct uring_scheduler *s, struct uring_op *op)
 {
     struct timeout_args *t = (struct timeout_args *)((char *)op - offsetof(struct timeout_args, timer));
 
-    if (op->result == -ETIME) ready_push(s, t->fiber, t->klass, t->message);
+    if (op->result == -ETIME) ready_push_raise(s, t->fiber, t->klass, t->message, t);
 }
 
 static VALUE
@@ -1707,7 +1873,7 @@ timeout_ensure(VALUE ptr)
     struct timeout_args *t = (struct timeout_args *)ptr;
 
     timer_cancel(t->s, &t->timer);
-    ready_drop_raises(t->s, t->fiber);
+    ready_drop_raise(t->s, t);
     return Qnil;
 }
 
@@ -1728,9 +1894,9 @@ scheduler_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message)
     t.klass = klass;
     t.message = message;
     t.duration = duration;
-    t.ts = timespec_of(duration);
+    t.deadline = deadline_clamped(duration);
     t.timer.complete = timeout_complete;
-    io_uring_prep_timeout(op_sqe(t.s, &t.timer), &t.ts, 0, 0);
+    io_uring_prep_timeout(op_sqe(t.s, &t.timer), &t.deadline, 0, IORING_TIMEOUT_ABS);
     return rb_ensure(timeout_yield, (VALUE)&t, timeout_ensure, (VALUE)&t);
 }
 
@@ -1739,8 +1905,10 @@ scheduler_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message)
 struct select_entry {
     struct uring_op op;         /* first: the op is the entry */
     struct select_state *state;
-    VALUE io;
+    VALUE io;                   /* as given (returned as is) */
+    int fd;
     int set;                    /* 0 readables, 1 writables, 2 exceptables */
+    int buffered;               /* a readable with buffered data: ready */
 };
 
 struct select_state {
@@ -1749,7 +1917,8 @@ struct select_state {
     long count;
     int ready;                  /* something completed, or the timer fired */
     struct uring_op timer;
-    struct __kernel_timespec ts;
+    int timed;                  /* with a deadline: */
+    struct __kernel_timespec deadline;
     VALUE fiber;
 };
 
@@ -1758,7 +1927,7 @@ select_wake(struct uring_scheduler *s, struct select_state *st)
 {
     if (!st->ready) {
         st->ready = 1;
-        ready_push(s, st->fiber, Qnil, Qnil);
+        ready_push(s, st->fiber);
     }
 }
 
@@ -1776,12 +1945,31 @@ select_timer_complete(struct uring_scheduler *s, struct uring_op *op)
     if (op->result == -ETIME) select_wake(s, st);
 }
 
+/* Queue the polls (and the timer), then wait.  Inside the rb_ensure: a
+ * failure while queueing (a full ring that cannot be submitted) still has
+ * select_ensure take back whatever was queued before it. */
 static VALUE
 select_wait(VALUE ptr)
 {
     struct select_state *st = (struct select_state *)ptr;
+    struct uring_scheduler *s = st->s;
+    static const int masks[3] = {POLLIN, POLLOUT, POLLPRI};
+    long i;
 
-    while (!st->ready) suspend(st->s);
+    /* With buffered data the polls still go in, to report the descriptors
+     * ready at once as well (IO.select's zero timeout then); select_ensure
+     * removes them right behind, in the same submission. */
+    for (i = 0; i < st->count; i++) {
+        struct select_entry *e = &st->entries[i];
+        if (e->buffered) continue;
+        e->op.complete = select_poll_complete;
+        io_uring_prep_poll_add(op_sqe(s, &e->op), e->fd, masks[e->set]);
+    }
+    if (!st->ready && st->timed) {
+        st->timer.complete = select_timer_complete;
+        io_uring_prep_timeout(op_sqe(s, &st->timer), &st->deadline, 0, IORING_TIMEOUT_ABS);
+    }
+    while (!st->ready) suspend(s);
     return Qnil;
 }
 
@@ -1827,54 +2015,55 @@ static VALUE
 scheduler_io_select(int argc, VALUE *argv, VALUE self)
 {
     struct uring_scheduler *s = scheduler_get(self);
-    VALUE sets[3] = {Qnil, Qnil, Qnil}, timeout = Qnil, result, tmp;
+    VALUE sets[3] = {Qnil, Qnil, Qnil}, timeout = Qnil, result, tmp, ios;
     static const int masks[3] = {POLLIN, POLLOUT, POLLPRI};
     struct select_state st;
-    long i, j, count = 0, buffered = 0;
+    long i, j, count = 0;
     int any = 0;
 
     rb_check_arity(argc, 1, 4);
     for (i = 0; i < argc && i < 3; i++) sets[i] = argv[i];
     if (argc > 3) timeout = argv[3];
+    /* Private copies: #to_io below runs arbitrary code, which may change
+     * the caller's arrays; the entries are sized from these. */
     for (i = 0; i < 3; i++) {
         if (!NIL_P(sets[i])) {
-            sets[i] = rb_convert_type(sets[i], T_ARRAY, "Array", "to_ary");
+            sets[i] = rb_ary_dup(rb_convert_type(sets[i], T_ARRAY, "Array", "to_ary"));
             count += RARRAY_LEN(sets[i]);
         }
     }
     memset(&st, 0, sizeof(st));
     st.s = s;
     st.fiber = rb_fiber_current();
+    st.timed = !NIL_P(timeout);
+    if (st.timed) st.deadline = deadline_of(timeout);
+    ios = rb_ary_new_capa(count);
     st.entries = ALLOCV_N(struct select_entry, tmp, count > 0 ? count : 1);
     memset(st.entries, 0, sizeof(struct select_entry) * (count > 0 ? count : 1));
+
+    /* Convert and check every element before anything is queued: a
+     * TypeError or IOError then leaves nothing in flight. */
     for (i = 0; i < 3; i++) {
         if (NIL_P(sets[i])) continue;
-        for (j = 0; j < RARRAY_LEN(sets[i]); j++) {
-            struct select_entry *e = &st.entries[st.count++];
+        for (j = 0; j < RARRAY_LEN(sets[i]) && st.count < count; j++) {
             VALUE io = rb_io_get_io(RARRAY_AREF(sets[i], j));
+            struct select_entry *e;
             rb_io_t *fptr;
 
             RB_IO_POINTER(io, fptr);
             rb_io_check_closed(fptr);
+            rb_ary_push(ios, io);
+            e = &st.entries[st.count++];
             e->io = RARRAY_AREF(sets[i], j);
-            e->set = i;
+            e->fd = rb_io_descriptor(io);
+            e->set = (int)i;
             e->state = &st;
             if (i == 0 && rb_io_read_pending(fptr)) {
                 e->op.result = POLLIN;      /* buffered: ready now */
-                buffered++;
-                continue;
+                e->buffered = 1;
+                st.ready = 1;
             }
-            e->op.complete = select_poll_complete;
-            io_uring_prep_poll_add(op_sqe(s, &e->op), rb_io_descriptor(io), masks[i]);
         }
-    }
-    if (buffered) {
-        st.ready = 1;
-    }
-    else if (!NIL_P(timeout)) {
-        st.ts = timespec_of(timeout);
-        st.timer.complete = select_timer_complete;
-        io_uring_prep_timeout(op_sqe(s, &st.timer), &st.ts, 0, 0);
     }
     rb_ensure(select_wait, (VALUE)&st, select_ensure, (VALUE)&st);
 
@@ -1887,6 +2076,10 @@ scheduler_io_select(int argc, VALUE *argv, VALUE self)
         }
     }
     ALLOCV_END(tmp);
+    RB_GC_GUARD(ios);
+    RB_GC_GUARD(sets[0]);
+    RB_GC_GUARD(sets[1]);
+    RB_GC_GUARD(sets[2]);
     return any ? result : Qnil;
 }
 
@@ -1899,11 +2092,24 @@ status_wait_i(RB_BLOCK_CALL_FUNC_ARGLIST(_, data))
     return rb_funcall(cProcessStatus, id_wait, 2, args[0], args[1]);
 }
 
+/* Process::Status.wait(pid, flags) in a blocking fiber (else it comes back
+ * to this hook): reaps and builds the status. */
+static VALUE
+status_wait(VALUE pid, int flags)
+{
+    VALUE args[2] = {pid, INT2NUM(flags)};
+    return rb_block_call(cFiber, rb_intern("blocking"), 0, NULL, status_wait_i, (VALUE)args);
+}
+
 /*
- *  call-seq: process_wait(pid, flags) -> Process::Status
+ *  call-seq: process_wait(pid, flags) -> Process::Status or nil
  *
- *  Waits for the child with IORING_OP_WAITID (leaving it waitable), then
- *  reaps it with Process::Status.wait, which builds the status.
+ *  Waits with IORING_OP_WAITID until a child that +pid+ designates (as
+ *  for waitpid(2): a pid, -1 for any child, 0 or -pgid for a process
+ *  group) can be reaped, leaving it waitable (WNOWAIT), then reaps with
+ *  the same +pid+ and WNOHANG through Process::Status.wait, which builds
+ *  the status.  When another waiter (a fiber, a thread) reaped that child
+ *  first, it waits again.  With WNOHANG in +flags+, it only reaps.
  */
 static VALUE
 scheduler_process_wait(VALUE self, VALUE vpid, VALUE vflags)
@@ -1911,30 +2117,30 @@ scheduler_process_wait(VALUE self, VALUE vpid, VALUE vflags)
     struct uring_scheduler *s = scheduler_get(self);
     pid_t pid = NUM2PIDT(vpid);
     int flags = NUM2INT(vflags);
+    idtype_t idtype = pid > 0 ? P_PID : pid == -1 ? P_ALL : P_PGID;
+    id_t id = pid > 0 ? (id_t)pid : pid < -1 ? (id_t)-pid : 0;
+    int options = WEXITED | WNOWAIT;
 
-    if (!(flags & WNOHANG)) {
+    if (flags & WNOHANG) return status_wait(vpid, flags);
+    if (flags & WUNTRACED) options |= WSTOPPED;
+#ifdef WCONTINUED
+    if (flags & WCONTINUED) options |= WCONTINUED;
+#endif
+    for (;;) {
         struct uring_op op = {0};
         siginfo_t info;
-        idtype_t idtype = pid > 0 ? P_PID : pid == 0 ? P_PGID : pid == -1 ? P_ALL : P_PGID;
-        id_t id = pid > 0 ? (id_t)pid : pid < -1 ? (id_t)-pid : 0;
-        int options = WEXITED | WNOWAIT;
-        int32_t result;
+        VALUE status;
 
-        if (flags & WUNTRACED) options |= WSTOPPED;
-#ifdef WCONTINUED
-        if (flags & WCONTINUED) options |= WCONTINUED;
-#endif
         memset(&info, 0, sizeof(info));
         io_uring_prep_waitid(op_sqe(s, &op), idtype, id, &info, options, 0);
-        result = op_wait(s, &op);
-        if (result == 0 && pid <= 0 && info.si_pid > 0) {
-            vpid = PIDT2NUM(info.si_pid);
-        }
-    }
-    {
-        /* Reap in a blocking fiber, or Process::Status.wait comes back here. */
-        VALUE args[2] = {vpid, vflags};
-        return rb_block_call(cFiber, rb_intern("blocking"), 0, NULL, status_wait_i, (VALUE)args);
+        /* An error (ECHILD, EINVAL) is reported by waitpid(2) as stock
+         * ruby reports it. */
+        if (op_wait(s, &op) < 0) return status_wait(vpid, flags);
+        /* WNOWAIT left the child waitable, for every waiter: two fibers
+         * waiting for any child both see the same one.  The first to
+         * reap it gets it; the other finds nothing (nil) and waits on. */
+        status = status_wait(vpid, flags | WNOHANG);
+        if (!NIL_P(status)) return status;
     }
 }
 
@@ -1955,7 +2161,7 @@ scheduler_fiber(int argc, VALUE *argv, VALUE self)
     rb_hash_aset(options, ID2SYM(rb_intern("blocking")), Qfalse);
     fiber = rb_funcall_with_block_kw(cFiber, rb_intern("new"), 1, &options,
                                      rb_block_proc(), RB_PASS_KEYWORDS);
-    if (current != s->loop_fiber) ready_push(s, current, Qnil, Qnil);
+    if (current != s->loop_fiber) ready_push(s, current);
     rb_fiber_transfer(fiber, argc, argv);
     return fiber;
 }

@@ -207,4 +207,32 @@ class TestIOUringIOClose < Test::Unit::TestCase
     r&.close
     w&.close
   end
+
+  def io_uring_fds
+    Dir.children("/proc/self/fd").select do |fd|
+      (File.readlink("/proc/self/fd/#{fd}") rescue nil) == "anon_inode:[io_uring]"
+    end.map(&:to_i)
+  end
+
+  # IORING_OP_CLOSE refuses io_uring descriptors (EBADF), which close(2)
+  # takes: IO#close raised and left the descriptor open.
+  def test_close_of_an_io_uring_descriptor
+    holder = IO::Uring::Scheduler.new
+    io = IO.for_fd(holder_fd = io_uring_fds.first, autoclose: false).dup
+    fd = io.fileno
+    error = :unset
+    run_scheduler do
+      Fiber.schedule do
+        io.close
+        error = nil
+      rescue => error
+      end
+    end
+    assert_nil error
+    assert_predicate io, :closed?
+    assert_not_include io_uring_fds, fd
+    assert_include io_uring_fds, holder_fd
+  ensure
+    holder&.close
+  end
 end

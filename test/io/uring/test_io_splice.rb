@@ -927,4 +927,34 @@ class TestIOUringIOSplice < Test::Unit::TestCase
       end
     end
   end
+
+  # An IO#close inside Fiber.blocking released the source of a copy while
+  # the copying fiber had still to unwind; #io_splice then lseek()ed the
+  # number, which a new file had taken meanwhile, moving its position.
+  def test_close_of_the_source_leaves_its_reused_number_alone
+    File.binwrite("#{@dir}/src", "s" * (4 << 20))
+    src = File.open("#{@dir}/src", "rb")
+    r, w = IO.pipe # nobody reads r: the copy stalls once the pipe is full
+    out = []
+    run_scheduler do
+      Fiber.schedule { IO.copy_stream(src, w) rescue out << $!.class }
+      Fiber.schedule do
+        sleep 0.1
+        log = nil
+        Fiber.blocking do
+          fd = src.fileno
+          src.close
+          log = File.open("#{@dir}/log", "wb")
+          out << (log.fileno == fd ? :number_reused : :number_not_reused)
+        end
+        sleep 0.1 # the copying fiber unwinds
+        log.write("hello")
+        log.close
+      end
+    end
+    assert_equal [:number_reused, IOError], out
+    assert_equal 5, File.size("#{@dir}/log")
+  ensure
+    [src, r, w].each { |io| io&.close }
+  end
 end

@@ -275,4 +275,244 @@ class TestIOUringScheduler < Test::Unit::TestCase
     end
     assert_predicate status, :success?
   end
+
+  # --- Regressions from an adversarial review ---------------------------
+
+  def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  # Keep the thread busy without yielding, so that the loop reaps what
+  # happens meanwhile in one turn.
+  def busy(seconds)
+    t = now
+    nil while now - t < seconds
+  end
+
+  # A later element of IO.select's array raising (closed, no #to_io) used
+  # to leave the polls queued for the earlier ones in flight, pointing into
+  # the dead frame: the next completion or GC crashed.
+  def test_io_select_raising_element_leaves_nothing_in_flight
+    assert_separately(["-rio/uring"], <<~'RUBY', timeout: 30)
+      r, w = IO.pipe
+      r2, _w2 = IO.pipe
+      r2.close
+      errors = []
+      Thread.new do
+        Fiber.set_scheduler(IO::Uring::Scheduler.new)
+        Fiber.schedule do
+          [r2, Object.new].each do |bad|
+            IO.select([r, bad], nil, nil, 1)
+          rescue IOError, TypeError => e
+            errors << e.class
+          end
+          w.write("x")          # a stale poll on r would complete now
+          sleep 0.05
+          GC.start
+          assert_equal [r], IO.select([r], nil, nil, 1)[0]
+        end
+      end.join
+      assert_equal [IOError, TypeError], errors
+    RUBY
+  end
+
+  # #to_io growing the array IO.select was given used to write entries past
+  # the end of the array sized from its length.
+  def test_io_select_to_io_growing_the_array
+    assert_separately(["-rio/uring"], <<~'RUBY', timeout: 30)
+      r, _w = IO.pipe
+      arr = []
+      grower = Object.new
+      grower.define_singleton_method(:to_io) { 300.times { arr << r }; r }
+      arr << grower
+      result = :unset
+      Thread.new do
+        Fiber.set_scheduler(IO::Uring::Scheduler.new)
+        Fiber.schedule { result = IO.select(arr, nil, nil, 0.01); GC.start }
+      end.join
+      assert_nil result
+      assert_equal 301, arr.size
+    RUBY
+  end
+
+  # A fiber left a blocking operation (Timeout) while a worker still ran it:
+  # the worker went on writing into the buffer the fiber then freed.  The
+  # fiber now waits until the work is over.
+  def test_blocking_operation_outlived_by_nothing
+    assert_separately(["-rio/uring", "-rtimeout"], <<~'RUBY', timeout: 60)
+      Warning[:experimental] = false
+      size = 256 << 20
+      src = IO::Buffer.new(size)
+      src.clear(0xAA)
+      result = nil
+      Thread.new do
+        Fiber.set_scheduler(IO::Uring::Scheduler.new)
+        Fiber.schedule do
+          dst = IO::Buffer.new(size)
+          begin
+            Timeout.timeout(0.001) { dst.copy(src) }
+            result = :finished
+          rescue Timeout::Error
+            before = dst.get_string(size - 4096, 4096)
+            sleep 0.1
+            result = before == dst.get_string(size - 4096, 4096) ? :stopped : :still_writing
+            dst.free
+          end
+        end
+      end.join
+      refute_equal :still_writing, result
+      # The pool still works after the abandoned job.
+      copied = nil
+      Thread.new do
+        Fiber.set_scheduler(IO::Uring::Scheduler.new)
+        Fiber.schedule { b = IO::Buffer.new(1 << 20); b.copy(src, 0, 1 << 20); copied = b.get_string(0, 4) }
+      end.join
+      assert_equal "\xAA\xAA\xAA\xAA".b, copied
+    RUBY
+  end
+
+  # The timer of a Timeout and the read it guards completed in the same
+  # turn, the timer first: the exception was delivered and the bytes the
+  # kernel had read were lost.
+  def test_timeout_racing_a_completed_read_keeps_the_bytes
+    got = []
+    IO.pipe do |r, w|
+      writer = Thread.new { sleep 0.15; w.write("first"); sleep 0.3; w.write("second") }
+      run_scheduler do
+        Fiber.schedule do
+          begin
+            Timeout.timeout(0.05) { got << r.readpartial(100) }
+          rescue Timeout::Error
+            got << :timeout
+          end
+          got << r.readpartial(100)
+        end
+        Fiber.schedule { sleep 0.01; busy(0.3) }
+      end
+      writer.join
+    end
+    assert_include got, "first", "no byte may be lost"
+  end
+
+  # Two fibers waiting for any child: WNOWAIT left the first child waitable
+  # for both, and the second reaped it again (ECHILD).
+  def test_two_any_child_waits
+    a = spawn(RbConfig.ruby, "-e", "sleep 0.2")
+    b = spawn(RbConfig.ruby, "-e", "sleep 1")
+    results = []
+    run_scheduler do
+      2.times { Fiber.schedule { results << (Process.wait rescue $!) } }
+      Fiber.schedule { sleep 0.1; busy(0.5) }
+    end
+    assert_equal [a, b].sort, results.sort
+  ensure
+    Process.waitall
+  end
+
+  # A full submission queue used to split IO#wait_readable's poll from its
+  # linked timeout: that wait never timed out (only the write ended it).
+  def test_io_wait_timeouts_with_a_full_submission_queue
+    n = 700
+    results = []
+    IO.pipe do |r, w|
+      run_scheduler do
+        Fiber.schedule { sleep 0.01 }
+        n.times { Fiber.schedule { results << r.wait_readable(0.2) } }
+        Fiber.schedule { sleep 2; w.write("x") }
+      end
+    end
+    assert_equal [nil] * n, results
+  end
+
+  # Nested Timeouts expiring in one turn: the inner one's end dropped the
+  # outer one's pending raise, and the outer block ran on.
+  def test_nested_timeouts_expiring_together
+    outer = Class.new(StandardError)
+    outcome = nil
+    run_scheduler do
+      Fiber.schedule do
+        begin
+          Timeout.timeout(0.2, outer) do
+            begin
+              Timeout.timeout(0.1) { sleep 5 }
+            rescue Timeout::Error
+            end
+            sleep 2
+            outcome = :outer_lost
+          end
+        rescue outer
+          outcome = :outer_raised
+        end
+      end
+      Fiber.schedule { sleep 0.01; busy(0.4) }
+    end
+    assert_equal :outer_raised, outcome
+  end
+
+  # An #unblock that came after Queue#pop's timeout fired, before the fiber
+  # ran, was kept as an early wake-up and cut the fiber's next sleep short.
+  def test_unblock_after_a_block_timed_out_does_not_wake_a_later_sleep
+    q = Thread::Queue.new
+    slept = nil
+    pusher = Thread.new { sleep 0.2; q << :item }
+    run_scheduler do
+      f = Fiber.schedule do
+        q.pop(timeout: 0.05)
+        t = now
+        begin
+          sleep
+        rescue RuntimeError
+        end
+        slept = now - t
+      end
+      Fiber.schedule { sleep 0.04; busy(0.5) }
+      Fiber.schedule { sleep 0.01; busy(0.09) }
+      Fiber.schedule { sleep 1.5; f.raise("wake") if f.alive? }
+    end
+    pusher.join
+    assert_operator slept, :>, 0.5, "sleep without a duration lasts until the raise"
+  end
+
+  # Timers ran from the loop's next submission, which a busy fiber delays.
+  def test_timers_start_when_asked_for
+    out = {}
+    run_scheduler do
+      Fiber.schedule { t = now; sleep 0.1; out[:sleep] = now - t }
+      Fiber.schedule { t = now; (Timeout.timeout(0.1) { sleep 5 } rescue out[:timeout] = now - t) }
+      Fiber.schedule { busy(0.5) }
+    end
+    assert_operator out[:sleep], :<, 0.59
+    assert_operator out[:timeout], :<, 0.59
+  end
+
+  # Durations beyond time_t ended the wait at once (the kernel refused the
+  # negative timespec); they raise what they raise without a scheduler.
+  def test_out_of_range_durations
+    IO.pipe do |r, w|
+      errors = {}
+      run_scheduler do
+        Fiber.schedule { sleep 1e19 rescue errors[:sleep] = $! }
+        Fiber.schedule { r.wait_readable(1e19) rescue errors[:wait] = $! }
+        Fiber.schedule { IO.select([r], nil, nil, Float::NAN) rescue errors[:select] = $! }
+        Fiber.schedule { sleep(-1) rescue errors[:negative] = $! }
+      end
+      [:sleep, :wait, :select].each do |k|
+        assert_kind_of RangeError, errors[k], k
+      end
+      assert_equal "10000000000000000000.000000 out of Time range", errors[:sleep].message
+      assert_kind_of ArgumentError, errors[:negative]
+      assert_equal "time interval must not be negative", errors[:negative].message
+    end
+  end
+
+  # Timeout and Queue#pop hand their durations on unchecked, as without a
+  # scheduler: a huge one means never, not at once.
+  def test_huge_timeout_durations_mean_never
+    q = Thread::Queue.new
+    values = []
+    run_scheduler do
+      Fiber.schedule { values << Timeout.timeout(1e19) { sleep 0.05; :block_done } }
+      Fiber.schedule { values << q.pop(timeout: 1e19) }
+      Fiber.schedule { sleep 0.1; q << :item }
+    end
+    assert_equal [:block_done, :item], values
+  end
 end
