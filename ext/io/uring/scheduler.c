@@ -50,6 +50,10 @@ static VALUE cScheduler;
 static ID id_wait, id_locked_p;
 static VALUE cProcessStatus, cFiber;
 
+/* Ruby threads run on M:N native threads (RUBY_MN_THREADS=1): see
+ * ring_setup. */
+static int mn_threads;
+
 /* Bumped in every forked child: a scheduler made before the fork must not
  * touch its ring, whose queues it shares with the parent. */
 static volatile unsigned long fork_generation;
@@ -254,8 +258,10 @@ ring_setup(struct uring_scheduler *s)
     params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED |
                    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     params.cq_entries = COMPLETION_ENTRIES;
-    ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
-    if (ret == -EINVAL) {       /* kernels before 6.1 */
+    /* With M:N threads a Ruby thread moves between native threads, and a
+     * single-issuer ring refuses (EEXIST) every other one. */
+    ret = mn_threads ? -EINVAL : io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
+    if (ret == -EINVAL) {       /* kernels before 6.1, or M:N threads */
         memset(&params, 0, sizeof(params));
         params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED;
         params.cq_entries = COMPLETION_ENTRIES;
@@ -2182,6 +2188,11 @@ Init_uring(void)
     cProcessStatus = rb_path2class("Process::Status");
     cFiber = rb_path2class("Fiber");
     pthread_atfork(NULL, NULL, atfork_child);
+    {
+        /* The VM's own word on M:N threads, as `ruby -v` prints it. */
+        VALUE description = rb_const_get(rb_cObject, rb_intern("RUBY_DESCRIPTION"));
+        mn_threads = strstr(StringValueCStr(description), " +MN ") != NULL;
+    }
 
     cScheduler = rb_define_class_under(mUring, "Scheduler", rb_cObject);
     rb_define_alloc_func(cScheduler, scheduler_alloc);
