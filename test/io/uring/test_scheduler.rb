@@ -515,4 +515,24 @@ class TestIOUringScheduler < Test::Unit::TestCase
     end
     assert_equal [:block_done, :item], values
   end
+
+  # Under M:N threads a Ruby thread moves between native threads: a
+  # single-issuer ring refused the moved thread (Errno::EEXIST).
+  def test_mn_threads
+    assert_separately([{"RUBY_MN_THREADS" => "1"}, "-rio/uring"], <<~'RUBY', timeout: 60)
+      counts = 4.times.map do
+        Thread.new do
+          Fiber.set_scheduler(IO::Uring::Scheduler.new)
+          n = 0
+          r, w = IO.pipe
+          Fiber.schedule { 50.times { r.read(1); n += 1 } }
+          Fiber.schedule { 50.times { w.write("x"); sleep 0.001 } }
+          Fiber.schedule { Process.wait(spawn("true")) }
+          Fiber.set_scheduler(nil)
+          n
+        end
+      end.map(&:value)
+      assert_equal [50] * 4, counts
+    RUBY
+  end
 end
