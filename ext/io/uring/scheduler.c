@@ -119,6 +119,11 @@ struct uring_scheduler {
     struct ready_entry *ready;
     long ready_head, ready_len, ready_capa;
 
+    /* Raises of timeout_after held back until their fiber next enters a
+     * hook (see run_once). */
+    struct ready_entry *held;
+    long held_len, held_capa;
+
     st_table *blocked;          /* fiber => struct block_wait * */
     st_table *woken;            /* fibers unblocked before they blocked */
 
@@ -131,6 +136,7 @@ struct uring_scheduler {
 };
 
 static void reap(struct uring_scheduler *s);
+static void held_raise(struct uring_scheduler *s);
 NORETURN(static void ring_fail(struct uring_scheduler *s, int error, const char *call));
 
 /* ------------------------------------------------------------------ */
@@ -156,6 +162,11 @@ scheduler_mark(void *ptr)
         rb_gc_mark(e->fiber);
         rb_gc_mark(e->klass);
         rb_gc_mark(e->message);
+    }
+    for (i = 0; i < s->held_len; i++) {
+        rb_gc_mark(s->held[i].fiber);
+        rb_gc_mark(s->held[i].klass);
+        rb_gc_mark(s->held[i].message);
     }
     if (s->blocked) rb_mark_set(s->blocked);
     if (s->woken) rb_mark_set(s->woken);
@@ -213,6 +224,7 @@ scheduler_free(void *ptr)
     if (s->blocked) st_free_table(s->blocked);
     if (s->woken) st_free_table(s->woken);
     ruby_xfree(s->ready);
+    ruby_xfree(s->held);
     ruby_xfree(s->pipes);
     ruby_xfree(s);
 }
@@ -332,6 +344,7 @@ scheduler_forget_parent(struct uring_scheduler *s)
     s->interrupts_pending = 0;
     s->wake_op.inflight = 0;
     s->ready_head = s->ready_len = 0;
+    s->held_len = 0;
     st_clear(s->blocked);
     st_clear(s->woken);
 }
@@ -358,6 +371,7 @@ scheduler_get(VALUE self)
     if (s->thread != rb_thread_current()) {
         rb_raise(rb_eThreadError, "IO::Uring::Scheduler belongs to another thread");
     }
+    if (s->held_len > 0) held_raise(s);
     return s;
 }
 
@@ -412,12 +426,47 @@ ready_drop_raise(struct uring_scheduler *s, const void *token)
 {
     long i;
 
+    for (i = 0; i < s->held_len; i++) {
+        if (s->held[i].token == token) {
+            s->held[i] = s->held[--s->held_len];
+            break;
+        }
+    }
     for (i = 0; i < s->ready_len; i++) {
         struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
         if (e->token == token && !NIL_P(e->klass)) {
             e->fiber = Qnil;    /* skipped by the loop */
             e->klass = e->message = Qnil;
             e->token = NULL;
+        }
+    }
+}
+
+/* Hold back the raise `e` until its fiber next enters a hook. */
+static void
+held_push(struct uring_scheduler *s, struct ready_entry e)
+{
+    if (s->held_len == s->held_capa) {
+        long capa = s->held_capa ? s->held_capa * 2 : 4;
+        REALLOC_N(s->held, struct ready_entry, capa);
+        s->held_capa = capa;
+    }
+    s->held[s->held_len++] = e;
+}
+
+/* At the start of every hook: raise here what was held back for the
+ * current fiber, before anything is queued for it. */
+static void
+held_raise(struct uring_scheduler *s)
+{
+    VALUE fiber = rb_fiber_current();
+    long i;
+
+    for (i = 0; i < s->held_len; i++) {
+        if (s->held[i].fiber == fiber) {
+            VALUE args[2] = {s->held[i].klass, s->held[i].message};
+            s->held[i] = s->held[--s->held_len];
+            rb_exc_raise(rb_make_exception(2, args));
         }
     }
 }
@@ -883,10 +932,11 @@ run_once(struct uring_scheduler *s)
         /* A timer fired and the fiber's operation completed in the same
          * turn: the completion goes first, as the kernel has already done
          * the work (a read has consumed its bytes, which the exception
-         * would lose).  The raise waits behind it, and is dropped if the
-         * fiber leaves its timeout_after meanwhile. */
+         * would lose).  The raise is held back until the fiber next enters
+         * a hook, where it is raised before anything else is queued; it is
+         * dropped if the fiber leaves its timeout_after first. */
         if (!NIL_P(e.klass) && ready_resume_pending_p(s, e.fiber)) {
-            ready_push_raise(s, e.fiber, e.klass, e.message, e.token);
+            held_push(s, e);
             continue;
         }
         resume_entry(s, e);

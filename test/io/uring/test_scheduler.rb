@@ -287,6 +287,24 @@ class TestIOUringScheduler < Test::Unit::TestCase
     nil while now - t < seconds
   end
 
+  # The raise held back behind a completion (above) is not starved by a
+  # fiber whose reads keep completing: it comes at the next hook.
+  def test_timeout_fires_while_reads_keep_completing
+    error = nil
+    IO.pipe do |r, w|
+      writer = Thread.new { loop { w.write("x" * 4096) } rescue nil }
+      run_scheduler do
+        Fiber.schedule do
+          Timeout.timeout(0.1) { loop { r.readpartial(4096) } }
+        rescue Timeout::Error => error
+        end
+      end
+      r.close
+      writer.join
+    end
+    assert_kind_of Timeout::Error, error
+  end
+
   # A later element of IO.select's array raising (closed, no #to_io) used
   # to leave the polls queued for the earlier ones in flight, pointing into
   # the dead frame: the next completion or GC crashed.
