@@ -1,0 +1,163 @@
+/**********************************************************************
+
+  io/uring/op.c - operations of IO::Uring::Scheduler.
+
+  A struct uring_op lives on the stack of the fiber that waits for it:
+  queueing it (op_sqe), waiting for it (op_wait), and, when the fiber
+  leaves early, cancelling it and waiting until the kernel lets go of its
+  memory.  Also the fibers inside I/O hooks (struct io_hook), which
+  IO#close interrupts through #fiber_interrupt (close.c).
+
+**********************************************************************/
+
+#include "uring.h"
+
+/* A submission entry for `op`, whose fiber is the current one. */
+struct io_uring_sqe *
+op_sqe(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct io_uring_sqe *sqe = sqe_get(s);
+
+    op->fiber = rb_fiber_current();
+    op->result = 0;
+    op->inflight = 1;
+    op->opcode = IORING_OP_NOP;     /* until sq_note() */
+    op->fd = -1;
+    op->next = &s->inflight_ops;
+    op->prev = s->inflight_ops.prev;
+    s->inflight_ops.prev->next = op;
+    s->inflight_ops.prev = op;
+    s->inflight++;
+    io_uring_sqe_set_data(sqe, op);
+    return sqe;
+}
+
+static void
+op_complete_quietly(struct uring_scheduler *s, struct uring_op *op)
+{
+    /* the fiber gave up on this operation: nothing to resume */
+}
+
+/* Ask the kernel to cancel `op` (in flight) and wait until it is done with
+ * it; its completion runs op->complete as usual.  An operation linked
+ * behind one still running is not found (-ENOENT) until it starts: the
+ * cancellation is repeated until `op` completes. */
+void
+op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op)
+{
+    while (op->inflight) {
+        struct uring_op cancel = {0};
+
+        io_uring_prep_cancel(op_sqe(s, &cancel), op, 0);
+        cancel.complete = op_complete_quietly;
+        while (cancel.inflight ||
+               (op->inflight && (cancel.result == 0 || cancel.result == -EALREADY))) {
+            wait_completions(s, 0);
+        }
+    }
+}
+
+/* The fiber leaves a wait while `op` is in flight: cancel it and wait until
+ * the kernel is done with it (its memory is on this fiber's stack). */
+void
+op_cancel(struct uring_scheduler *s, struct uring_op *op)
+{
+    if (!op->inflight) return;
+    op->complete = op_complete_quietly;
+    op_cancel_and_reap(s, op);
+}
+
+/* Remove a pending IORING_OP_TIMEOUT and wait until the kernel lets go. */
+void
+timer_cancel(struct uring_scheduler *s, struct uring_op *timer)
+{
+    struct io_uring_sqe *sqe;
+
+    if (!timer->inflight) return;
+    sqe = sqe_get(s);
+    io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)timer, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    while (timer->inflight) wait_completions(s, 0);
+}
+
+struct op_wait_args {
+    struct uring_scheduler *s;
+    struct uring_op *op;
+};
+
+static VALUE
+op_wait_yield(VALUE ptr)
+{
+    struct op_wait_args *a = (struct op_wait_args *)ptr;
+
+    while (a->op->inflight) {
+        suspend(a->s);
+    }
+    return Qnil;
+}
+
+static VALUE
+op_wait_ensure(VALUE ptr)
+{
+    struct op_wait_args *a = (struct op_wait_args *)ptr;
+
+    op_cancel(a->s, a->op);
+    return Qnil;
+}
+
+/* Suspend the current fiber until `op` (prepared with op_sqe) completes. */
+int32_t
+op_wait(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct op_wait_args a = {s, op};
+
+    rb_ensure(op_wait_yield, (VALUE)&a, op_wait_ensure, (VALUE)&a);
+    return op->result;
+}
+
+/* The current fiber enters hook `name` working on descriptor `fd`. */
+void
+hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int fd)
+{
+    h->name = name;
+    h->fd = fd;
+    h->fiber = rb_fiber_current();
+    h->interrupt = Qnil;
+    h->op = NULL;
+    h->nops = 0;
+    h->next = &s->hooks;
+    h->prev = s->hooks.prev;
+    s->hooks.prev->next = h;
+    s->hooks.prev = h;
+}
+
+void
+hook_leave(struct io_hook *h)
+{
+    h->prev->next = h->next;
+    h->next->prev = h->prev;
+    h->prev = h->next = h;
+}
+
+/* Raise what #fiber_interrupt left for this hook: call before starting an
+ * operation on the descriptor, and after each one. */
+void
+hook_check(struct io_hook *h)
+{
+    if (!NIL_P(h->interrupt)) rb_exc_raise(h->interrupt);
+}
+
+/* op_wait for an operation of hook `h`. */
+int32_t
+hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
+{
+    int32_t result;
+
+    h->op = op;
+    h->nops = 1;
+    result = op_wait(s, op);
+    h->op = NULL;
+    h->nops = 0;
+    hook_check(h);
+    return result;
+}

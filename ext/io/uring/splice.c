@@ -1,0 +1,423 @@
+/**********************************************************************
+
+  io/uring/splice.c - #io_splice of IO::Uring::Scheduler.
+
+  Linked IORING_OP_SPLICE pairs through the scheduler's pool of pipes
+  (1 MiB each where the system allows), two pipefuls in flight per call.
+
+**********************************************************************/
+
+#include "uring.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void
+pipes_release(struct uring_scheduler *s)
+{
+    /* Also those of fibers that will never resume (a killed thread):
+     * their pipe_give() finds nothing and closes nothing. */
+    while (s->npipes > 0) {
+        struct splice_pipe *p = &s->pipes[--s->npipes];
+        close(p->fds[0]);
+        close(p->fds[1]);
+    }
+}
+
+/* An idle pipe, or a new one (of SPLICE_PIPE_SIZE if the system allows).
+ * Returns 0 or a negated errno. */
+static int
+pipe_take(struct uring_scheduler *s, struct splice_pipe *p)
+{
+    struct splice_pipe *q;
+    int i, size;
+
+    for (i = 0; i < s->npipes; i++) {
+        if (!s->pipes[i].busy) {
+            s->pipes[i].busy = 1;
+            *p = s->pipes[i];
+            return 0;
+        }
+    }
+    if (s->npipes == s->pipes_capa) {
+        REALLOC_N(s->pipes, struct splice_pipe, s->pipes_capa * 2);
+        s->pipes_capa *= 2;
+    }
+    q = &s->pipes[s->npipes];
+    if (pipe2(q->fds, O_CLOEXEC) < 0) return -errno;
+    fcntl(q->fds[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE);   /* best effort */
+    size = fcntl(q->fds[1], F_GETPIPE_SZ);
+    q->capacity = size > 0 ? (unsigned int)size : (1 << 16);
+    q->busy = 1;
+    s->npipes++;
+    *p = *q;
+    return 0;
+}
+
+/* Done with `p`: an empty pipe goes back to the pool (up to SPLICE_POOL
+ * idle ones); one that may hold bytes is closed. */
+static void
+pipe_give(struct uring_scheduler *s, struct splice_pipe *p, int empty)
+{
+    int i, idle = 0, found = -1;
+
+    if (p->fds[0] < 0) return;
+    for (i = 0; i < s->npipes; i++) {
+        if (s->pipes[i].fds[0] == p->fds[0] && s->pipes[i].busy) found = i;
+        else if (!s->pipes[i].busy) idle++;
+    }
+    if (found >= 0) {
+        if (empty && idle < SPLICE_POOL && !s->closed && s->ring_live) {
+            s->pipes[found].busy = 0;
+        }
+        else {
+            close(p->fds[0]);
+            close(p->fds[1]);
+            s->pipes[found] = s->pipes[--s->npipes];
+        }
+    }
+    p->fds[0] = p->fds[1] = -1;
+}
+
+struct splice_args {
+    struct uring_scheduler *s;
+    struct io_hook hook;
+    int from, to;
+    off_t from_offset, to_offset;   /* -1: the file position */
+    size_t length;
+    struct splice_pipe pipes[SPLICE_CHUNKS];
+    int dirty[SPLICE_CHUNKS];       /* the pipe may hold bytes */
+    struct uring_op ops[2 * SPLICE_CHUNKS + 1];
+    int pending;                    /* operations not completed */
+    size_t done;                    /* bytes written to `to` */
+    int outs[SPLICE_CHUNKS];        /* the operations of a wait that write */
+    int nouts;                      /* to `to`, not counted in `done` yet */
+    int advance_from;               /* `from` is a file read at its position */
+};
+
+/* The fiber waits for a whole chain: only its last completion wakes it. */
+static void
+splice_op_complete(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct splice_args *a = op->arg;
+
+    if (--a->pending == 0) ready_push(s, op->fiber);
+}
+
+static struct io_uring_sqe *
+splice_sqe(struct splice_args *a, int i)
+{
+    struct io_uring_sqe *sqe = op_sqe(a->s, &a->ops[i]);
+
+    a->ops[i].complete = splice_op_complete;
+    a->ops[i].arg = a;
+    a->pending++;
+    return sqe;
+}
+
+static VALUE
+splice_wait_yield(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+
+    while (a->pending > 0) suspend(a->s);
+    return Qnil;
+}
+
+/* Leaving early (an exception in the fiber): the operations are cancelled
+ * in chain order, each reaped before the next, which may only start once
+ * the one before it completes. */
+static VALUE
+splice_wait_ensure(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+    int i;
+
+    for (i = 0; i < a->hook.nops; i++) op_cancel(a->s, &a->ops[i]);
+    a->hook.op = NULL;
+    a->hook.nops = 0;
+    return Qnil;
+}
+
+/* Submit the `n` operations prepared in a->ops and wait until all have
+ * completed.  Those listed in a->outs write to `to`: what they moved is
+ * counted in a->done by the caller, or by splice_leave() if the wait ends
+ * in an exception. */
+static void
+splice_wait(struct splice_args *a, int n)
+{
+    a->hook.op = a->ops;
+    a->hook.nops = n;
+    rb_ensure(splice_wait_yield, (VALUE)a, splice_wait_ensure, (VALUE)a);
+    hook_check(&a->hook);
+}
+
+static int64_t
+splice_at(off_t offset, size_t done)
+{
+    return offset < 0 ? -1 : (int64_t)(offset + (off_t)done);
+}
+
+/* Write the `left` bytes stranded in pipe `p` (the destination took less
+ * than the chain moved).  Returns 0, or a negated errno. */
+static int32_t
+splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left)
+{
+    int wait = 0;
+
+    while (left > 0) {
+        struct io_uring_sqe *sqe;
+        int n = 0;
+        int32_t r;
+
+        sq_reserve(a->s, 2);
+        a->pending = 0;
+        if (wait) {
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_poll_add(sqe, a->to, POLLOUT);
+            sqe->flags |= IOSQE_IO_LINK;
+        }
+        a->outs[0] = n;
+        a->nouts = 1;
+        sqe = splice_sqe(a, n++);
+        io_uring_prep_splice(sqe, p->fds[0], -1, a->to, splice_at(a->to_offset, a->done),
+                             (unsigned int)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        splice_wait(a, n);
+        a->nouts = 0;
+
+        if (wait && a->ops[0].result < 0) return a->ops[0].result;
+        r = a->ops[n - 1].result;
+        wait = 0;
+        if (r > 0) {
+            left -= r;
+            a->done += r;
+        }
+        else if (r == -EAGAIN || r == -EWOULDBLOCK) {
+            wait = 1;
+        }
+        else if (r != -EINTR) {
+            return r < 0 ? r : -EIO;
+        }
+    }
+    return 0;
+}
+
+/* splice(2) from a TCP socket stops at urgent data (MSG_OOB), answering 0
+ * or EAGAIN with bytes behind the mark; read(2) steps over the urgent
+ * byte, so the rest is left to IO.copy_stream's ordinary loop. */
+static int
+splice_at_urgent_mark_p(int fd)
+{
+    int at = 0;
+
+    return ioctl(fd, SIOCATMARK, &at) == 0 && at;
+}
+
+static int
+splice_refused_p(int32_t result)
+{
+    return result == -EINVAL || result == -ENOSYS || result == -EOPNOTSUPP;
+}
+
+/*
+ * One round: up to SPLICE_CHUNKS pipes, each filled from `from` and
+ * emptied into `to` by a pair of splices, the pairs linked one after the
+ * other.  Inside a pair the link is hard: the second splice moves what the
+ * first one got, even if that is less than a pipeful (a socket gives what
+ * it has), and never waits on the pipe.  Between pairs it is soft: a pair
+ * that moved less than a whole chunk ends the chain, so no byte is read
+ * past a short read or ahead of bytes the destination has not taken yet.
+ * The round's bytes are returned as soon as there are any.
+ */
+static VALUE
+splice_transfer(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+    struct uring_scheduler *s = a->s;
+    int wait_in = 0;
+
+    for (;;) {
+        struct io_uring_sqe *sqe;
+        unsigned int lengths[SPLICE_CHUNKS];
+        int in[SPLICE_CHUNKS], out[SPLICE_CHUNKS];
+        int chunks = 0, n = 0, k, stranded = -1, eof = 0, again = 0, urgent = 0, clean = 1;
+        int32_t error = 0;
+        size_t planned = 0, left = 0;
+
+        hook_check(&a->hook);
+        for (k = 0; k < SPLICE_CHUNKS && planned < a->length; k++) {
+            if (a->pipes[k].fds[0] < 0) {
+                int e = pipe_take(s, &a->pipes[k]);
+                if (e < 0) {
+                    if (k == 0) return Qnil;    /* out of descriptors: ruby's loop */
+                    break;
+                }
+                a->dirty[k] = 0;
+            }
+            lengths[k] = a->pipes[k].capacity;
+            if (a->length - planned < lengths[k]) lengths[k] = (unsigned int)(a->length - planned);
+            planned += lengths[k];
+            chunks++;
+        }
+
+        sq_reserve(s, 2 * chunks + 1);
+        a->pending = 0;
+        if (wait_in) {
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_poll_add(sqe, a->from, POLLIN);
+            sqe->flags |= IOSQE_IO_LINK;
+        }
+        planned = 0;
+        for (k = 0; k < chunks; k++) {
+            in[k] = n;
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_splice(sqe, a->from, splice_at(a->from_offset, a->done + planned), a->pipes[k].fds[1], -1,
+                                 lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            sqe->flags |= IOSQE_IO_HARDLINK;
+            out[k] = a->outs[k] = n;
+            sqe = splice_sqe(a, n++);
+            io_uring_prep_splice(sqe, a->pipes[k].fds[0], -1, a->to, splice_at(a->to_offset, a->done + planned),
+                                 lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (k + 1 < chunks) sqe->flags |= IOSQE_IO_LINK;
+            a->dirty[k] = 1;
+            planned += lengths[k];
+        }
+        a->nouts = chunks;
+        splice_wait(a, n);
+        a->nouts = 0;
+
+        wait_in = 0;
+        for (k = 0; k < chunks; k++) {
+            int32_t got = a->ops[in[k]].result, put = a->ops[out[k]].result;
+            size_t moved = put > 0 ? (size_t)put : 0;
+
+            /* what the pipe holds now */
+            a->dirty[k] = (got > 0 ? (size_t)got : 0) != moved;
+        }
+        for (k = 0; k < chunks; k++) {
+            int32_t got = a->ops[in[k]].result, put = a->ops[out[k]].result;
+            size_t moved = put > 0 ? (size_t)put : 0;
+
+            if (got <= 0) {
+                if ((got == 0 || got == -EAGAIN || got == -EWOULDBLOCK) && splice_at_urgent_mark_p(a->from)) urgent = 1;
+                else if (got == 0) eof = 1;
+                else if (got == -EAGAIN || got == -EWOULDBLOCK) again = 1;
+                else if (got != -ECANCELED && got != -EINTR) error = got;
+                break;
+            }
+            a->done += moved;
+            if (put < 0 && put != -EAGAIN && put != -EWOULDBLOCK && put != -ECANCELED && put != -EINTR) {
+                error = put;                /* the pipe keeps what was read */
+                break;
+            }
+            if (moved < (size_t)got) {
+                stranded = k;
+                left = got - moved;
+                break;
+            }
+            if ((unsigned int)got < lengths[k]) break;
+        }
+        if (stranded >= 0) {
+            error = splice_drain(a, &a->pipes[stranded], left);
+            if (!error) a->dirty[stranded] = 0;
+        }
+
+        for (k = 0; k < chunks; k++) {
+            if (a->dirty[k]) clean = 0;
+        }
+        if (error) {
+            /* A refusal means "not done" only while no byte has been
+             * read: one by `to` after a read leaves bytes in a pipe, which
+             * nil would lose. */
+            if (a->done == 0 && clean && splice_refused_p(error)) return Qnil;
+            return INT2NUM(error);
+        }
+        if (urgent) return a->done > 0 ? SIZET2NUM(a->done) : Qnil;
+        if (a->done > 0) return SIZET2NUM(a->done);
+        if (eof) return INT2FIX(0);
+        if (again) wait_in = 1;
+    }
+}
+
+/* Leaving #io_splice, also by an exception: the pipes go back (or are
+ * closed), and a file read at its position is left just past the bytes
+ * written to `to`, as read(2) and write(2) would have left it. */
+static VALUE
+splice_leave(VALUE ptr)
+{
+    struct splice_args *a = (struct splice_args *)ptr;
+    int k;
+
+    hook_leave(&a->hook);
+    for (k = 0; k < a->nouts; k++) {
+        int32_t put = a->ops[a->outs[k]].result;
+        if (put > 0) a->done += put;
+    }
+    /* Not after IO#close interrupted the hook: the descriptor is closed
+     * (or closing) and its number may already be another file's. */
+    if (a->advance_from && NIL_P(a->hook.interrupt)) {
+        lseek(a->from, a->from_offset + (off_t)a->done, SEEK_SET);
+    }
+    for (k = 0; k < SPLICE_CHUNKS; k++) {
+        pipe_give(a->s, &a->pipes[k], !a->dirty[k]);
+    }
+    return Qnil;
+}
+
+/*
+ *  call-seq: io_splice(from, from_offset, to, to_offset, length) -> copied length, 0, -errno or nil
+ *
+ *  Copies up to +length+ bytes from +from+ to +to+ with IORING_OP_SPLICE
+ *  through pipes of the scheduler's pool (1 MiB each where the system
+ *  allows): no byte is copied to user space.  Up to two pipefuls are in
+ *  flight in one submission, as a chain of linked splices; a descriptor
+ *  that is not ready is waited for with IORING_OP_POLL_ADD.  A regular
+ *  file read at its position is read at explicit offsets, and its position
+ *  is then set just past the bytes written to +to+.  Returns the bytes
+ *  copied (at least one), 0 at end of file, a negated errno, or nil
+ *  (nothing copied) for a destination opened with O_APPEND or O_DIRECT, a
+ *  descriptor splice(2) does not support, or a TCP source at urgent data
+ *  (MSG_OOB), which splice(2) does not step over and read(2) does.  See
+ *  Fiber::Scheduler#io_splice.
+ */
+VALUE
+scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length)
+{
+    struct splice_args a;
+    struct stat st;
+    int flags, k;
+
+    memset(&a, 0, sizeof(a));
+    a.s = scheduler_get(self);
+    a.from = rb_io_descriptor(from);
+    a.to = rb_io_descriptor(to);
+    a.from_offset = NIL_P(from_offset) ? -1 : NUM2OFFT(from_offset);
+    a.to_offset = NIL_P(to_offset) ? -1 : NUM2OFFT(to_offset);
+    a.length = NUM2SIZET(length);
+    if (a.length == 0) return INT2FIX(0);
+    if (a.length > 0x7ffff000) a.length = 0x7ffff000;
+
+    /* splice(2) refuses O_APPEND with EINVAL once bytes are in the pipe */
+    flags = fcntl(a.to, F_GETFL);
+    if (flags < 0 || (flags & O_APPEND)) return Qnil;
+#ifdef O_DIRECT
+    if (flags & O_DIRECT) return Qnil;     /* nor would a pipeful be aligned */
+#endif
+
+    /* Bytes read from a file but not written (EPIPE, an interrupt) must
+     * not move its position: read it at offsets, set the position after. */
+    if (a.from_offset < 0 && fstat(a.from, &st) == 0 && S_ISREG(st.st_mode)) {
+        off_t position = lseek(a.from, 0, SEEK_CUR);
+        if (position >= 0) {
+            a.from_offset = position;
+            a.advance_from = 1;
+        }
+    }
+
+    for (k = 0; k < SPLICE_CHUNKS; k++) a.pipes[k].fds[0] = a.pipes[k].fds[1] = -1;
+    hook_enter(a.s, &a.hook, "io_splice", a.from);
+    return rb_ensure(splice_transfer, (VALUE)&a, splice_leave, (VALUE)&a);
+}

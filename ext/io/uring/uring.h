@@ -1,0 +1,201 @@
+/**********************************************************************
+
+  io/uring/uring.h - what the files of IO::Uring::Scheduler share.
+
+  Private to the extension: everything declared here is hidden, and
+  Init_uring (scheduler.c) is the only symbol the extension exports.
+
+  The files, one concern each:
+
+    scheduler.c  the class: its data, the ring's setup and release, the
+                 owning thread, forked children, Init_uring
+    loop.c       the event loop: the ready queue, submission and reaping,
+                 wake-ups from other threads, the loop fiber (#run,
+                 #close, #fiber)
+    op.c         operations (struct uring_op): queueing, waiting,
+                 cancelling and reaping; fibers in I/O hooks
+                 (struct io_hook)
+    io.c         stream I/O: #io_wait, #io_read, #io_write, #io_pread,
+                 #io_pwrite, #io_select
+    splice.c     #io_splice and its pool of pipes
+    close.c      #io_close and #fiber_interrupt
+    process.c    #process_wait and #process_fork
+    time.c       deadlines, #kernel_sleep, #timeout_after, #block and
+                 #unblock
+    lib/uring/scheduler.rb
+                 the worker pool: #blocking_operation_wait and
+                 #address_resolve
+
+**********************************************************************/
+
+#ifndef IO_URING_SCHEDULER_H
+#define IO_URING_SCHEDULER_H
+
+#include "ruby/ruby.h"
+#include "ruby/io.h"
+#include "ruby/io/buffer.h"
+#include "ruby/thread.h"
+#include "ruby/fiber/scheduler.h"
+
+#include <liburing.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+struct uring_scheduler;
+
+/* A pipe of #io_splice.  The scheduler owns every one it made, in use or
+ * idle, and closes them all with its ring. */
+struct splice_pipe {
+    int fds[2];
+    unsigned int capacity;
+    int busy;
+};
+
+#define SPLICE_PIPE_SIZE (1 << 20)  /* asked for; the default pipe-max-size */
+#define SPLICE_CHUNKS 2             /* pipes in flight in one #io_splice */
+#define SPLICE_POOL 8               /* idle pipes kept */
+
+/* One operation in flight, on the waiting fiber's stack. */
+struct uring_op {
+    VALUE fiber;
+    int32_t result;
+    int inflight;               /* submitted (or queued) and not reaped */
+    /* What to do on completion; NULL: make the fiber ready. */
+    void (*complete)(struct uring_scheduler *, struct uring_op *);
+    void *arg;                  /* for complete */
+    struct uring_op *prev, *next;   /* the scheduler's in-flight list */
+    /* For a debugger: what the operation is, recorded when it is
+     * submitted (IORING_OP_*, and its descriptor or -1). */
+    uint8_t opcode;
+    int fd;
+};
+
+/* A fiber inside an I/O hook (io_wait, io_read, ...), on its stack: what
+ * #fiber_interrupt looks for when IO#close interrupts it. */
+struct io_hook {
+    VALUE fiber;
+    VALUE interrupt;            /* the exception to raise, or Qnil */
+    struct uring_op *op;        /* the operations it waits for ... */
+    int nops;                   /* ... (an array), or 0 */
+    struct io_hook *prev, *next;    /* the scheduler's list of hooks */
+    /* For a debugger: the hook ("io_read", ...) and its descriptor. */
+    const char *name;
+    int fd;
+};
+
+/* A fiber to resume, or to raise an exception in (timeout_after). */
+struct ready_entry {
+    VALUE fiber;
+    VALUE klass;                /* Qnil, or the exception class to raise */
+    VALUE message;
+    const void *token;          /* the timeout_after that raises, or NULL */
+};
+
+struct uring_scheduler {
+    struct io_uring ring;
+    int ring_live;
+    unsigned long generation;
+    VALUE thread;
+    VALUE loop_fiber;           /* runs #run; waiting fibers transfer to it */
+    int closed;
+    int draining;               /* being freed: completions resume nothing */
+
+    struct uring_op inflight_ops;   /* list head of operations in flight */
+    long inflight;
+
+    struct io_hook hooks;       /* list head of fibers in I/O hooks */
+    int interrupts_pending;     /* #fiber_interrupt from another thread */
+
+    struct ready_entry *ready;
+    long ready_head, ready_len, ready_capa;
+
+    /* Raises of timeout_after held back until their fiber next enters a
+     * hook (see run_once). */
+    struct ready_entry *held;
+    long held_len, held_capa;
+
+    st_table *blocked;          /* fiber => struct block_wait * */
+    st_table *woken;            /* fibers unblocked before they blocked */
+
+    int wake_fd;                /* eventfd: wakes the loop from other threads */
+    uint64_t wake_value;
+    struct uring_op wake_op;
+
+    struct splice_pipe *pipes;  /* the pipes of #io_splice */
+    int npipes, pipes_capa;
+};
+
+#pragma GCC visibility push(hidden)
+
+/* scheduler.c */
+extern const rb_data_type_t scheduler_type;
+extern VALUE cFiber, cProcessStatus;
+/* Bumped in every forked child: a scheduler made before the fork must not
+ * touch its ring, whose queues it shares with the parent. */
+extern volatile unsigned long fork_generation;
+struct uring_scheduler *scheduler_get(VALUE self);
+void ring_release(struct uring_scheduler *s);
+void scheduler_after_fork(struct uring_scheduler *s);
+void scheduler_forget_parent(struct uring_scheduler *s);
+
+/* loop.c */
+void ready_push(struct uring_scheduler *s, VALUE fiber);
+void ready_push_raise(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message, const void *token);
+void ready_drop_raise(struct uring_scheduler *s, const void *token);
+void held_raise(struct uring_scheduler *s);
+struct io_uring_sqe *sqe_get(struct uring_scheduler *s);
+void sq_note(struct uring_scheduler *s);
+void sq_reserve(struct uring_scheduler *s, unsigned int n);
+void reap(struct uring_scheduler *s);
+NORETURN(void ring_fail(struct uring_scheduler *s, int error, const char *call));
+void wake_ubf(void *ptr);
+void wait_completions(struct uring_scheduler *s, int interruptible);
+void suspend(struct uring_scheduler *s);
+VALUE scheduler_run(VALUE self);
+VALUE scheduler_close(VALUE self);
+VALUE scheduler_closed_p(VALUE self);
+VALUE scheduler_fiber(int argc, VALUE *argv, VALUE self);
+
+/* op.c */
+struct io_uring_sqe *op_sqe(struct uring_scheduler *s, struct uring_op *op);
+int32_t op_wait(struct uring_scheduler *s, struct uring_op *op);
+void op_cancel(struct uring_scheduler *s, struct uring_op *op);
+void op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op);
+void timer_cancel(struct uring_scheduler *s, struct uring_op *timer);
+void hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int fd);
+void hook_leave(struct io_hook *h);
+void hook_check(struct io_hook *h);
+int32_t hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op);
+
+/* io.c */
+VALUE scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout);
+VALUE scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset);
+VALUE scheduler_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset);
+VALUE scheduler_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset);
+VALUE scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset);
+VALUE scheduler_io_select(int argc, VALUE *argv, VALUE self);
+
+/* splice.c */
+void pipes_release(struct uring_scheduler *s);
+VALUE scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length);
+
+/* close.c */
+void hooks_cancel_interrupted(struct uring_scheduler *s);
+VALUE scheduler_io_close(VALUE self, VALUE fd);
+VALUE scheduler_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception);
+
+/* process.c */
+VALUE scheduler_process_wait(VALUE self, VALUE vpid, VALUE vflags);
+VALUE scheduler_process_fork(VALUE self);
+
+/* time.c */
+struct __kernel_timespec deadline_of(VALUE duration);
+VALUE scheduler_kernel_sleep(int argc, VALUE *argv, VALUE self);
+VALUE scheduler_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message);
+VALUE scheduler_block(int argc, VALUE *argv, VALUE self);
+VALUE scheduler_unblock(VALUE self, VALUE blocker, VALUE fiber);
+
+#pragma GCC visibility pop
+
+#endif /* IO_URING_SCHEDULER_H */
