@@ -910,6 +910,86 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     end
   end
 
+  # M:N threads take turns on a few native threads.  A copy holds its native
+  # thread's ring until it is done; another Ruby thread copying on the same
+  # native thread meanwhile takes the ordinary loop.  When they shared the
+  # ring, one reaped the other's completions, and the process froze in the
+  # cancellation of what it thought was still in flight, with the GVL held.
+  def test_concurrent_copies_in_mn_threads
+    assert_separately([{"RUBY_MN_THREADS" => "1"}], <<~'RUBY', timeout: 30)
+      def other_fds
+        Dir.children("/proc/self/fd").map(&:to_i).sort.reject do |fd|
+          # the native threads' rings stay with them
+          File.readlink("/proc/self/fd/#{fd}").include?("io_uring") rescue true
+        end
+      end
+      fds = other_fds
+      random = Random.new(6)
+      sizes = Array.new(8) { Array.new(4) { random.rand(1..300_000) } }
+      bad = []
+      threads = sizes.each_with_index.map do |list, i|
+        Thread.new do
+          list.each_with_index do |size, j|
+            sr, sw = IO.pipe
+            dr, dw = IO.pipe
+            data = random.bytes(size)
+            writer = Thread.new { sw.write(data); sw.close }
+            reader = Thread.new { dr.binmode.read }
+            begin
+              n = IO.copy_stream(sr, dw)
+              bad << [i, j, :returned, n, size] unless n == size
+            rescue => e
+              bad << [i, j, e.class, e.message]
+            end
+            dw.close
+            got = reader.value
+            writer.join
+            [sr, dr].each(&:close)
+            bad << [i, j, :mismatch, got.bytesize, size] unless got == data
+          end
+        end
+      end
+      threads.each(&:join)
+      assert_equal([], bad)
+      assert_equal(fds, other_fds, "descriptors leaked")
+    RUBY
+  end
+
+  # A copy holds its ring between rounds, where a trap handler can run and
+  # fork: the child goes on with the copy on a ring of its own, and the
+  # parent with its ring.
+  def test_fork_in_a_trap_during_the_copy
+    omit "no fork" unless Process.respond_to?(:fork)
+    assert_separately([], <<~'RUBY', timeout: 30)
+      parent = Process.pid
+      r, w = IO.pipe
+      r2, w2 = IO.pipe
+      child = child_status = nil
+      trap(:USR1) do
+        if (child = fork)
+          Process.wait(child)
+          child_status = $?
+        end
+        # the child returns to the copy the trap interrupted
+      end
+      writer = Thread.new do
+        sleep 0.1 until Thread.main.status == "sleep"
+        Process.kill(:USR1, parent)
+        sleep 0.01 until child
+        w.write("abcde")   # the child's copy takes these
+        sleep 0.01 until child_status
+        w.write("fghij")   # and the parent's these
+      end
+      n = IO.copy_stream(r, w2, 5)
+      exit!(n == 5 ? 0 : 1) if Process.pid != parent
+      writer.join
+      w2.close
+      assert_equal(0, child_status.exitstatus)
+      assert_equal([5, "abcdefghij"], [n, r2.read])
+      [r, w, r2].each(&:close)
+    RUBY
+  end
+
   # A write to a datagram socket sends one datagram, a read receives one:
   # the stock loop reads and writes at most 16 KiB at a time.
   def test_datagram_sockets

@@ -212,6 +212,33 @@ class TestIOUringRing < Test::Unit::TestCase
     assert_equal 5, (fds + [main_fd]).uniq.size, "each thread has its own ring"
   end
 
+  # A ring is held by one caller at a time (IO.copy_stream holds it for the
+  # whole copy): under M:N threads, Ruby threads taking turns on a native
+  # thread must not reap or cancel each other's operations.  Another use
+  # meanwhile is refused, and IO.copy_stream takes its ordinary loop.
+  def test_held_ring_is_refused_to_others
+    require_ring
+    fd = Bug::IOUring.ring_fd
+    copied = Bug::IOUring.hold do
+      assert_raise(Errno::EBUSY) { Bug::IOUring.nop }
+      assert_raise(Errno::EBUSY) { Bug::IOUring.ring_fd }
+      IO.pipe do |r, w|
+        IO.pipe do |r2, w2|
+          w.write("held")
+          w.close
+          n = IO.copy_stream(r, w2)
+          w2.close
+          [n, r2.read]
+        end
+      end
+    end
+    assert_equal [4, "held"], copied
+    assert_equal [0], Bug::IOUring.nop, "the ring is free again"
+    assert_equal fd, Bug::IOUring.ring_fd
+    assert_raise(RuntimeError) { Bug::IOUring.hold { raise "in the block" } }
+    assert_equal [0], Bug::IOUring.nop, "released when the block raises"
+  end
+
   def test_rings_are_released_when_threads_exit
     require_ring
     20.times { Thread.new { Bug::IOUring.nop }.join }
