@@ -369,6 +369,12 @@ uring_copy_from(VALUE ptr)
 {
     struct uring_copy *u = (struct uring_copy *)ptr;
 
+    /* Once per descriptor: IO#close interrupts each registration, and a
+     * second IOError for one close (copy_stream(sock, sock), an echo)
+     * would fire after the caller rescued the first. */
+    if (u->c->src_fptr->fd == u->c->dst_fptr->fd) {
+        return rb_thread_io_blocking_user_call(u->c->src, uring_copy_body, ptr);
+    }
     return rb_thread_io_blocking_user_call(u->c->src, uring_copy_to, ptr);
 }
 

@@ -910,6 +910,35 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     end
   end
 
+  # IO.copy_stream(s, s), an echo, is one user of one descriptor: a close
+  # from another thread raises one IOError in it.  Registered as a user of
+  # the source and of the destination, it got two, and the second fired
+  # after the copy's caller had rescued the first.
+  def test_echo_closed_by_another_thread
+    omit "io_uring is not used here" unless uring_expected?
+    a, b = UNIXSocket.pair
+    th = Thread.new do
+      IO.copy_stream(a, a)
+      :returned
+    rescue IOError => first
+      begin
+        sleep 0.2 # where a second IOError would fire
+        [:rescued, first.message]
+      rescue Exception => second
+        [:second_exception, first.message, second.class, second.message]
+      end
+    end
+    b.write("hello")
+    assert_equal("hello", b.readpartial(10))
+    cases.wait_until("the copy to wait") { th.status == "sleep" || !th.alive? }
+    a.close
+    assert_same(th, th.join(10), "the copy's thread did not end")
+    assert_equal([:rescued, "stream closed in another thread"], th.value)
+  ensure
+    th&.kill&.join
+    [a, b].each {|io| io&.close}
+  end
+
   # M:N threads take turns on a few native threads.  A copy holds its native
   # thread's ring until it is done; another Ruby thread copying on the same
   # native thread meanwhile takes the ordinary loop.  When they shared the
