@@ -626,8 +626,15 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     assert_empty(wait_for_fds(@fds), "descriptors leaked")
   end
 
+  # Under M:N threads a ring belongs to a native thread of the pool, which
+  # outlives the Ruby threads that ran on it: not a leak.
+  MN_THREADS = RUBY_DESCRIPTION.include?("+MN")
+
   def open_fds
-    Dir.children("/proc/self/fd").map(&:to_i).sort
+    # not the directory's own descriptor, whose number varies
+    fds = Dir.open("/proc/self/fd") {|dir| dir.children.map(&:to_i) - [dir.fileno]}.sort
+    return fds unless MN_THREADS
+    fds.reject {|fd| File.readlink("/proc/self/fd/#{fd}") == "anon_inode:[io_uring]" rescue false}
   end
 
   def describe_fds(fds)
@@ -718,6 +725,8 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
 
   def test_copy_stream_from_a_pipe_uses_io_uring
     omit "io_uring is not used here" unless uring_expected?
+    # a new thread may run on a native thread that has its ring already
+    omit "rings belong to native threads under M:N threads" if MN_THREADS
     assert_equal(true, cases.uring_used_by_copy?, "a pipe to pipe copy set up no io_uring")
   end
 
