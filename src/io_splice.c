@@ -180,8 +180,8 @@ uring_copy_sqe(struct uring_copy *u, struct rb_io_uring_op *ops, enum uring_copy
 {
     struct io_uring_sqe *sqe = rb_io_uring_sqe(u->ring, &ops[*n]);
 
-    /* The ring is this thread's and idle between calls: room for a round
-     * is a bug if missing. */
+    /* The copy holds the ring, idle between rounds: room for a round is a
+     * bug if missing. */
     if (!sqe) rb_bug("io_uring submission queue full in IO.copy_stream");
     steps[(*n)++] = step;
     return sqe;
@@ -233,12 +233,6 @@ uring_copy_body(VALUE ptr)
         if (u->pending == 0 && (eof || c->length == 0)) return INT2FIX(RB_IO_SPLICE_DONE);
         rb_io_check_closed(c->src_fptr);
         rb_io_check_closed(c->dst_fptr);
-        /* The ring is the native thread's, and an M:N thread may change
-         * native threads between rounds (nothing is in flight then). */
-        if (!(u->ring = rb_io_uring_get())) {
-            if (u->pending == 0) return INT2FIX(RB_IO_SPLICE_FALLBACK);
-            return INT2FIX(copy_failed(c, ENOMEM, "io_uring_setup"));
-        }
 
         if (u->pending == 0) {
             unsigned int want = u->capacity;
@@ -338,6 +332,7 @@ uring_copy_release(VALUE ptr)
 
     close(u->pipe[0]);
     close(u->pipe[1]);
+    rb_io_uring_release(u->ring);
     return Qnil;
 }
 
@@ -374,6 +369,12 @@ uring_copy_from(VALUE ptr)
 {
     struct uring_copy *u = (struct uring_copy *)ptr;
 
+    /* Once per descriptor: IO#close interrupts each registration, and a
+     * second IOError for one close (copy_stream(sock, sock), an echo)
+     * would fire after the caller rescued the first. */
+    if (u->c->src_fptr->fd == u->c->dst_fptr->fd) {
+        return rb_thread_io_blocking_user_call(u->c->src, uring_copy_body, ptr);
+    }
     return rb_thread_io_blocking_user_call(u->c->src, uring_copy_to, ptr);
 }
 
@@ -392,8 +393,14 @@ rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
     if (!rb_io_uring_supported_p(IORING_OP_SPLICE) || !rb_io_uring_supported_p(IORING_OP_POLL_ADD)) {
         return RB_IO_SPLICE_FALLBACK;
     }
+    /* Held for the whole copy, from whichever native thread an M:N thread
+     * goes on on.  Busy (another Ruby thread on this native thread is
+     * copying with it) or unavailable: the ordinary loop copies. */
     if (!(u.ring = rb_io_uring_get())) return RB_IO_SPLICE_FALLBACK;
-    if (pipe2(u.pipe, O_CLOEXEC) < 0) return RB_IO_SPLICE_FALLBACK;
+    if (pipe2(u.pipe, O_CLOEXEC) < 0) {
+        rb_io_uring_release(u.ring);
+        return RB_IO_SPLICE_FALLBACK;
+    }
 
     if (c->length < 0 || c->length > (1 << 16)) {
         fcntl(u.pipe[1], F_SETPIPE_SZ, PIPE_CAPACITY);  /* best effort */

@@ -1,7 +1,7 @@
 /**********************************************************************
 
-  io_uring.c - a lazily created, per-thread io_uring for CRuby's own
-               blocking operations.
+  io_uring.c - a lazily created io_uring per native thread, held by one
+               caller at a time, for CRuby's own blocking operations.
 
   See internal/io_uring.h for the interface.
 
@@ -25,9 +25,27 @@
 /* Ruby's own operations are few and synchronous: a small ring will do. */
 #define RING_ENTRIES 64
 
+/*
+ * A native thread's ring.  Under M:N threads several Ruby threads take turns
+ * on one native thread, and a Ruby thread may go on on another native thread
+ * after any GVL release, so the ring is not simply "the thread's": a caller
+ * holds it from rb_io_uring_get() to rb_io_uring_release(), and nobody else
+ * submits to it or reaps from it meanwhile (a reap would consume the other's
+ * completions, and IORING_ASYNC_CANCEL_ANY cancel the other's operations).
+ * The holder may use it from whichever native thread it runs on.
+ *
+ * held, owner and orphan are under rings_lock: rings of different Ractors'
+ * threads are not serialized by one GVL.
+ */
 struct thread_ring {
     struct io_uring ring;
-    struct ccan_list_node node;
+    struct ccan_list_node node;     /* in `rings` */
+    bool held;          /* between rb_io_uring_get() and rb_io_uring_release() */
+    VALUE owner;        /* the Ruby thread that holds it */
+    bool orphan;        /* its native thread exited while it was held */
+    bool dead;          /* torn down (it broke): no queues, no descriptor */
+    /* What rb_io_uring_sqe() hands out for a dead ring; the wait then fails. */
+    struct io_uring_sqe scratch;
 };
 
 enum ring_availability {
@@ -35,6 +53,8 @@ enum ring_availability {
     RING_AVAILABLE,     /* a ring was set up: the kernel supports io_uring */
     RING_REFUSED,       /* the kernel (or RUBY_IO_URING=0) refused io_uring */
 };
+
+#define RING_OF(r) ccan_container_of((r), struct thread_ring, ring)
 
 static pthread_key_t ring_key;
 static int ring_key_error;
@@ -47,23 +67,32 @@ static CCAN_LIST_HEAD(rings);
 /* Opcodes the kernel supports, from the first ring's probe. */
 static unsigned char supported_ops[IORING_OP_LAST];
 
+/* Frees a ring already taken off `rings`. */
 static void
-ring_release(struct thread_ring *t)
+ring_free(struct thread_ring *t)
 {
-    io_uring_queue_exit(&t->ring);
+    if (!t->dead) io_uring_queue_exit(&t->ring);
     free(t);
 }
 
-/* pthread key destructor: the native thread is exiting. */
+/* pthread key destructor: the native thread is exiting.  A ring that a Ruby
+ * thread now running elsewhere still holds is freed by its release. */
 static void
 ring_thread_exit(void *ptr)
 {
     struct thread_ring *t = ptr;
+    bool held;
 
     pthread_mutex_lock(&rings_lock);
-    ccan_list_del(&t->node);
+    held = t->held;
+    if (held) {
+        t->orphan = true;
+    }
+    else {
+        ccan_list_del(&t->node);
+    }
     pthread_mutex_unlock(&rings_lock);
-    ring_release(t);
+    if (!held) ring_free(t);
 }
 
 static void
@@ -78,22 +107,37 @@ ring_atfork_parent(void)
     pthread_mutex_unlock(&rings_lock);
 }
 
+static int ring_setup(struct io_uring *ring);
+
 /*
  * In a forked child every ring belongs to the parent, whose submission and
  * completion queues are shared memory.  Unmap them and close our copies of
  * the descriptors without submitting anything; the parent's rings are
  * untouched.  The forking thread gets a fresh ring on its next use.
+ *
+ * The forking thread may hold a ring (a trap handler that forks during
+ * IO.copy_stream, between two of its rounds: nothing is in flight): that
+ * one gets a new ring of the child's in place, so the holder goes on with
+ * it.  Rings held by the parent's other threads go with those threads.
  */
 static void
 ring_atfork_child(void)
 {
-    struct thread_ring *t, *next;
+    struct thread_ring *t, *next, *mine = pthread_getspecific(ring_key);
+    VALUE current = ruby_native_thread_p() ? rb_thread_current() : Qfalse;
 
     ccan_list_for_each_safe(&rings, t, next, node) {
+        if (t->held && t->owner == current) {
+            if (!t->dead) io_uring_queue_exit(&t->ring);
+            t->dead = ring_setup(&t->ring) < 0;
+            t->orphan = t != mine;
+            continue;
+        }
+        if (t == mine) mine = NULL;
         ccan_list_del(&t->node);
-        ring_release(t);
+        ring_free(t);
     }
-    pthread_setspecific(ring_key, NULL);
+    pthread_setspecific(ring_key, mine);
     pthread_mutex_unlock(&rings_lock);
 }
 
@@ -110,29 +154,35 @@ ring_probe(struct io_uring *ring)
     io_uring_free_probe(probe);
 }
 
+/*
+ * Not IORING_SETUP_SINGLE_ISSUER: under M:N threads the holder of a ring
+ * may submit from another native thread than the one that made it, which
+ * that flag refuses with EEXIST.  Not IORING_SETUP_DEFER_TASKRUN (which
+ * needs it): its deferred work, which includes dropping the file references
+ * of requests an io-wq worker finished, runs only when the submitter next
+ * enters the ring.  A thread that copied with splice and then closed the
+ * socket may never enter it again, and the peer would wait for an end of
+ * file that never comes.
+ */
+static int
+ring_setup(struct io_uring *ring)
+{
+    struct io_uring_params params;
+
+    memset(&params, 0, sizeof(params));
+    return io_uring_queue_init_params(RING_ENTRIES, ring, &params);
+}
+
 static struct thread_ring *
 ring_create(void)
 {
     struct thread_ring *t = calloc(1, sizeof(*t));
-    struct io_uring_params params;
     int ret;
 
     if (!t) return NULL;
+    t->owner = Qfalse;
 
-    /* Only this thread submits.  Not IORING_SETUP_DEFER_TASKRUN: its
-     * deferred work, which includes dropping the file references of
-     * requests an io-wq worker finished, runs only when this thread next
-     * enters the ring.  A thread that copied with splice and then closed
-     * the socket may never enter it again, and the peer would wait for an
-     * end of file that never comes. */
-    memset(&params, 0, sizeof(params));
-    params.flags = IORING_SETUP_SINGLE_ISSUER;
-    ret = io_uring_queue_init_params(RING_ENTRIES, &t->ring, &params);
-    if (ret == -EINVAL) {
-        /* Kernels before 6.0 lack the flag. */
-        memset(&params, 0, sizeof(params));
-        ret = io_uring_queue_init_params(RING_ENTRIES, &t->ring, &params);
-    }
+    ret = ring_setup(&t->ring);
     if (ret < 0) {
         free(t);
         switch (-ret) {
@@ -156,8 +206,10 @@ ring_create(void)
     return t;
 }
 
-struct io_uring *
-rb_io_uring_get(void)
+/* The calling native thread's ring, made if it has none (or a dead one
+ * nobody holds); not held. */
+static struct thread_ring *
+ring_of_native_thread(void)
 {
     struct thread_ring *t;
 
@@ -171,7 +223,17 @@ rb_io_uring_get(void)
     }
 
     t = pthread_getspecific(ring_key);
-    if (t) return &t->ring;
+    if (t) {
+        bool stale;
+
+        pthread_mutex_lock(&rings_lock);
+        stale = t->dead && !t->held;
+        if (stale) ccan_list_del(&t->node);
+        pthread_mutex_unlock(&rings_lock);
+        if (!stale) return t;
+        pthread_setspecific(ring_key, NULL);
+        ring_free(t);
+    }
 
     t = ring_create();
     if (!t) return NULL;
@@ -180,21 +242,60 @@ rb_io_uring_get(void)
     ccan_list_add(&rings, &t->node);
     pthread_mutex_unlock(&rings_lock);
     pthread_setspecific(ring_key, t);
+    return t;
+}
+
+struct io_uring *
+rb_io_uring_get(void)
+{
+    struct thread_ring *t = ring_of_native_thread();
+    bool busy;
+
+    if (!t) return NULL;
+    pthread_mutex_lock(&rings_lock);
+    busy = t->held;
+    if (!busy) {
+        t->held = true;
+        t->owner = rb_thread_current();
+    }
+    pthread_mutex_unlock(&rings_lock);
+    if (busy) {
+        /* Another Ruby thread on this native thread (M:N), or an outer
+         * use by this one: the caller takes its ordinary path. */
+        errno = EBUSY;
+        return NULL;
+    }
     return &t->ring;
+}
+
+void
+rb_io_uring_release(struct io_uring *ring)
+{
+    struct thread_ring *t = RING_OF(ring);
+    bool orphan;
+
+    pthread_mutex_lock(&rings_lock);
+    t->held = false;
+    t->owner = Qfalse;
+    orphan = t->orphan;
+    if (orphan) ccan_list_del(&t->node);
+    pthread_mutex_unlock(&rings_lock);
+    if (orphan) ring_free(t);
 }
 
 bool
 rb_io_uring_supported_p(int opcode)
 {
     if (opcode < 0 || opcode >= IORING_OP_LAST) return false;
-    if (availability != RING_AVAILABLE && !rb_io_uring_get()) return false;
+    if (availability != RING_AVAILABLE && !ring_of_native_thread()) return false;
     return supported_ops[opcode] != 0;
 }
 
 struct io_uring_sqe *
 rb_io_uring_sqe(struct io_uring *ring, struct rb_io_uring_op *op)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    struct thread_ring *t = RING_OF(ring);
+    struct io_uring_sqe *sqe = t->dead ? &t->scratch : io_uring_get_sqe(ring);
 
     if (!sqe) return NULL;
     op->result = 0;
@@ -264,21 +365,19 @@ ring_enter_error_p(int ret)
 }
 
 /*
- * The ring failed (its descriptor was closed behind our back, say): forget
- * it.  Tearing a ring down makes the kernel cancel what is still in flight;
- * the next rb_io_uring_get() of this thread makes a new one.
+ * The ring failed (its descriptor was closed behind our back, say): tear it
+ * down, which makes the kernel cancel what is still in flight.  The struct
+ * stays until its holder lets go (a later wait fails at once), then the
+ * next rb_io_uring_get() on its native thread makes a new ring.
  */
 static void
 ring_discard(struct io_uring *ring)
 {
-    struct thread_ring *t = pthread_getspecific(ring_key);
+    struct thread_ring *t = RING_OF(ring);
 
-    if (!t || &t->ring != ring) return;
-    pthread_mutex_lock(&rings_lock);
-    ccan_list_del(&t->node);
-    pthread_mutex_unlock(&rings_lock);
-    pthread_setspecific(ring_key, NULL);
-    ring_release(t);
+    if (t->dead) return;
+    io_uring_queue_exit(ring);
+    t->dead = true;
 }
 
 /* Cancel everything in flight and wait for all of it to complete.  The GVL
@@ -327,6 +426,17 @@ rb_io_uring_wait(struct io_uring *ring, struct rb_io_uring_op *ops, int count)
     w.error = 0;
     for (i = 0; i < count; i++) {
         if (!ops[i].done) w.pending++;
+    }
+
+    if (RING_OF(ring)->dead) {
+        /* Its entries were scratch: nothing was submitted. */
+        for (i = 0; i < count; i++) {
+            if (!ops[i].done) {
+                ops[i].result = -ECANCELED;
+                ops[i].done = 1;
+            }
+        }
+        return -EBADF;
     }
 
     /* Many operations complete while they are submitted: try that before

@@ -48,7 +48,8 @@ io_hook_call(VALUE ptr)
 /*
  * Calls the I/O hook `mid` of `scheduler` on `io`.  A scheduler that
  * implements #fiber_interrupt gets the hook registered as a user of the
- * descriptor, so that IO#close interrupts it and waits for it; others keep
+ * descriptor, so that IO#close interrupts it (and, from a non-blocking
+ * fiber of the same thread, waits for it); others keep
  * the behaviour of earlier versions.  Without `required`, a missing hook
  * returns Qundef.
  */
@@ -88,13 +89,25 @@ rb_fiber_scheduler_interruptible_p(VALUE scheduler)
  *  make the hook raise +exception+ (an IOError, "stream closed in another
  *  thread") in +fiber+.  The return value is ignored.
  *
- *  IO#close releases the descriptor only once every such fiber has left its
- *  hook, so no operation can reach a descriptor number reused by a later
- *  +open+.  One case cannot wait: a blocking fiber (the thread's root fiber,
- *  say) closing an IO used by a fiber of its own thread, whose scheduler
- *  cannot run until the close returns.  There, #fiber_interrupt must have
- *  stopped every use of the descriptor by +fiber+ before it returns (cancel
- *  synchronously), and the close does not wait for +fiber+.
+ *  IO#close waits for +fiber+ to leave its hook before it releases the
+ *  descriptor only when the closer is a non-blocking fiber of +fiber+'s own
+ *  thread: its scheduler runs meanwhile.  It does not wait when that could
+ *  take a loop that may not run before the close returns:
+ *
+ *  * Called from another thread (the closer's), #fiber_interrupt must make
+ *    +fiber+ raise +exception+ as soon as its thread runs the scheduler,
+ *    and from its return on, the scheduler must not start any new
+ *    operation on the descriptor number for +fiber+: the number may be
+ *    given to another file by then.  Operations already submitted to the
+ *    kernel may complete on the file they hold (an io_uring request holds
+ *    its own reference to the file, so it never touches a reused number);
+ *    the file is released when the last of them completes.  Waiting
+ *    instead would need the other thread's loop, which does not run while
+ *    its root fiber is busy, or waits for something the closer holds.
+ *  * Called by a blocking fiber (the thread's root fiber, say) for a fiber
+ *    of its own thread, whose scheduler cannot run until the close returns,
+ *    #fiber_interrupt must have stopped every use of the descriptor by
+ *    +fiber+ before it returns (cancel synchronously).
  *
  *  May be called from any thread.  If it raises, IO#close still closes the
  *  IO (without waiting for +fiber+) and raises the exception afterwards.

@@ -4,13 +4,18 @@
  * @brief      A per-thread io_uring for CRuby's own blocking operations.
  *
  * Core code that can do an operation through io_uring (a chain of splices
- * in IO.copy_stream, a close) asks for the calling thread's ring with
+ * in IO.copy_stream, a close) takes the calling thread's ring with
  * rb_io_uring_get(), takes submission entries with rb_io_uring_sqe(),
- * prepares them with liburing's io_uring_prep_*() and waits for them with
- * rb_io_uring_wait(), which releases the GVL while the kernel works.
+ * prepares them with liburing's io_uring_prep_*(), waits for them with
+ * rb_io_uring_wait(), which releases the GVL while the kernel works, and
+ * gives the ring back with rb_io_uring_release().
  *
  * The ring is created on first use in each native thread and released when
- * the thread exits.  A forked child never touches its parent's rings.  When
+ * the thread exits.  Between rb_io_uring_get() and rb_io_uring_release() it
+ * is the caller's alone: under M:N threads, where Ruby threads take turns on
+ * a native thread, another Ruby thread finds it busy and takes its ordinary
+ * path, and the holder may go on using it after moving to another native
+ * thread.  A forked child never touches its parent's rings.  When
  * the kernel refuses io_uring (ENOSYS, EPERM as with
  * kernel.io_uring_disabled=2, a seccomp filter, or RUBY_IO_URING=0 in the
  * environment), rb_io_uring_get() returns NULL and the caller takes its
@@ -44,10 +49,18 @@ RUBY_SYMBOL_EXPORT_BEGIN
 /* io_uring.c (exported for ext/-test-/io_uring) */
 
 /**
- * The calling thread's ring, created on first use, or NULL when io_uring is
- * unavailable (errno says why).  Must be called with the GVL held.
+ * The calling native thread's ring, created on first use and held by the
+ * caller until rb_io_uring_release(); NULL when io_uring is unavailable, or
+ * with errno EBUSY when the ring is held already (by another Ruby thread on
+ * this native thread under M:N threads, or by an outer use of this one).
+ * The caller may use it from any native thread until it releases it, and
+ * must release it on every path (rb_ensure), with nothing in flight.  Must
+ * be called with the GVL held.
  */
 struct io_uring *rb_io_uring_get(void);
+
+/** Give back a ring from rb_io_uring_get(). */
+void rb_io_uring_release(struct io_uring *ring);
 
 /** Whether the running kernel supports the io_uring operation `opcode`. */
 bool rb_io_uring_supported_p(int opcode);
@@ -71,7 +84,8 @@ struct io_uring_sqe *rb_io_uring_sqe(struct io_uring *ring, struct rb_io_uring_o
  * op->result says what it did (-ECANCELED if nothing).  The caller must then
  * deal with the interrupt (rb_thread_check_ints()) before it retries.
  * Returns another negated errno if the ring itself failed, after waiting for
- * what was in flight; the caller should fall back to its ordinary path.
+ * what was in flight; the caller should release the ring, which is torn
+ * down, and fall back to its ordinary path.
  */
 int rb_io_uring_wait(struct io_uring *ring, struct rb_io_uring_op *ops, int count);
 RUBY_SYMBOL_EXPORT_END
@@ -80,6 +94,7 @@ RUBY_SYMBOL_EXPORT_END
 
 struct io_uring;
 #define rb_io_uring_get() ((struct io_uring *)NULL)
+#define rb_io_uring_release(ring) ((void)0)
 #define rb_io_uring_supported_p(opcode) false
 
 #endif /* USE_IO_URING */

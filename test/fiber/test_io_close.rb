@@ -173,6 +173,118 @@ class TestFiberIOClose < Test::Unit::TestCase
     w&.close
   end
 
+  # IO#close from another thread does not wait for the fiber: the fiber
+  # leaves its hook only when its thread runs the scheduler's loop, and here
+  # that thread's root fiber (blocking, so the loop does not run) waits for
+  # the closer.  When the close waited for the fiber, the two deadlocked.
+  # #fiber_interrupt has made the fiber raise; it raises once its loop runs,
+  # without touching the descriptor number, which may be another file's by
+  # then.
+  def test_close_from_another_thread_does_not_wait_for_its_loop
+    require 'timeout'
+    r, w = IO.pipe
+    reading = Thread::Queue.new
+    closed = Thread::Queue.new
+    errors = []
+    thread = Thread.new do
+      Fiber.set_scheduler(Scheduler.new)
+      Fiber.schedule do
+        r.read
+      rescue IOError => error
+        errors << error
+      end
+      reading << true # the reader waits in its scheduler
+      closed.pop # in the root fiber: a blocking wait, no loop
+    end
+    reading.pop
+    Thread.pass until thread.status == "sleep"
+    Timeout.timeout(5) { r.close }
+    assert_predicate(r, :closed?)
+    closed << :closed
+    assert_same(thread, thread.join(10), "the scheduler's thread did not end")
+    assert_equal(1, errors.size)
+    assert_closed_error(errors.first)
+  ensure
+    thread&.kill&.join
+    r&.close
+    w&.close
+  end
+
+  # Once IO#close from another thread has returned, the number may be given
+  # to another file before the fiber's loop runs.  The fiber raises when it
+  # does, and nothing of the fiber's reaches the new file: the scheduler
+  # starts no operation on the number after #fiber_interrupt.
+  def test_close_from_another_thread_then_number_reused
+    require 'fcntl'
+    require 'timeout'
+    r, w = IO.pipe
+    fd = r.fileno
+    reading = Thread::Queue.new
+    closed = Thread::Queue.new
+    errors = []
+    thread = Thread.new do
+      Fiber.set_scheduler(Scheduler.new)
+      Fiber.schedule do
+        r.read(5)
+      rescue IOError => error
+        errors << error
+      end
+      reading << true # the reader waits in its scheduler
+      closed.pop # in the root fiber: a blocking wait, no loop
+    end
+    reading.pop
+    Thread.pass until thread.status == "sleep"
+    r2, w2 = IO.pipe
+    Timeout.timeout(5) { r.close }
+    # the lowest free descriptor from fd on: fd itself
+    other = IO.for_fd(r2.fcntl(Fcntl::F_DUPFD, fd), autoclose: true)
+    assert_equal(fd, other.fileno)
+    w2.write("fresh")
+    closed << :closed
+    assert_same(thread, thread.join(10), "the scheduler's thread did not end")
+    assert_equal(1, errors.size)
+    assert_closed_error(errors.first)
+    assert_equal("fresh", other.read_nonblock(10, exception: false),
+                 "the fiber's read reached the file that reused its number")
+  ensure
+    thread&.kill&.join
+    [r, w, r2, w2, other].each { |io| io&.close }
+  end
+
+  # The same with a Mutex: the closer holds it, and the root fiber of the
+  # reader's thread waits for it.
+  def test_close_from_another_thread_holding_a_mutex
+    require 'timeout'
+    r, w = IO.pipe
+    mutex = Thread::Mutex.new
+    reading = Thread::Queue.new
+    errors = []
+    thread = nil
+    mutex.synchronize do
+      thread = Thread.new do
+        Fiber.set_scheduler(Scheduler.new)
+        Fiber.schedule do
+          r.read
+        rescue IOError => error
+          errors << error
+        end
+        reading << true # the reader waits in its scheduler
+        mutex.synchronize { :locked }
+      end
+      reading.pop
+      Thread.pass until thread.status == "sleep"
+      Timeout.timeout(5) { r.close }
+    end
+    assert_same(thread, thread.join(10), "the scheduler's thread did not end")
+    assert_equal(:locked, thread.value)
+    assert_equal(1, errors.size)
+    assert_closed_error(errors.first)
+  ensure
+    thread&.kill&.join
+    r&.close
+    w&.close
+  end
+
   # The blocking root fiber of the scheduler's thread closes an IO one of its
   # fibers waits on: the scheduler cannot run before the close returns, so
   # the close must not wait for the fiber.
@@ -195,19 +307,34 @@ class TestFiberIOClose < Test::Unit::TestCase
     w&.close
   end
 
-  # The closer waits for the fibers using the descriptor; interrupted while
-  # it waits (here by a timeout), it closes the IO anyway, raises, and the
-  # fiber leaving later finds nothing dangling.
+  # A closer in a non-blocking fiber waits for the fibers of its own thread
+  # using the descriptor (not for other threads' fibers: see
+  # test_close_from_another_thread_does_not_wait_for_its_loop).  Interrupted
+  # while it waits (here by Fiber#raise, as a timeout of the scheduler
+  # does), it closes the IO anyway, raises, and the fiber leaving later
+  # finds nothing dangling.
   def test_closer_interrupted_while_waiting
-    require 'timeout'
     r, w = IO.pipe
     fd = r.fileno
-    thread, scheduler, errors = reading_thread(r, LazyScheduler)
-    assert_raise(Timeout::Error) { Timeout.timeout(0.1) { r.close } }
-    assert_predicate(r, :closed?)
-    refute(fd_open?(fd), "the descriptor was left open")
-    scheduler.release
-    thread.join
+    errors = []
+    closed = nil
+    with_scheduler(LazyScheduler) do
+      Fiber.schedule do
+        r.read
+      rescue IOError => error
+        errors << error
+      end
+      closer = Fiber.schedule do
+        r.close
+      rescue Interrupt => error
+        closed = [error.message, r.closed?, fd_open?(fd)]
+      end
+      # The closer waits for the reader, which LazyScheduler has not
+      # interrupted yet.
+      closer.raise(Interrupt, "stop waiting")
+      Fiber.scheduler.release
+    end
+    assert_equal(["stop waiting", true, false], closed)
     assert_equal(1, errors.size)
     assert_closed_error(errors.first)
   ensure

@@ -626,8 +626,15 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     assert_empty(wait_for_fds(@fds), "descriptors leaked")
   end
 
+  # Under M:N threads a ring belongs to a native thread of the pool, which
+  # outlives the Ruby threads that ran on it: not a leak.
+  MN_THREADS = RUBY_DESCRIPTION.include?("+MN")
+
   def open_fds
-    Dir.children("/proc/self/fd").map(&:to_i).sort
+    # not the directory's own descriptor, whose number varies
+    fds = Dir.open("/proc/self/fd") {|dir| dir.children.map(&:to_i) - [dir.fileno]}.sort
+    return fds unless MN_THREADS
+    fds.reject {|fd| File.readlink("/proc/self/fd/#{fd}") == "anon_inode:[io_uring]" rescue false}
   end
 
   def describe_fds(fds)
@@ -718,6 +725,8 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
 
   def test_copy_stream_from_a_pipe_uses_io_uring
     omit "io_uring is not used here" unless uring_expected?
+    # a new thread may run on a native thread that has its ring already
+    omit "rings belong to native threads under M:N threads" if MN_THREADS
     assert_equal(true, cases.uring_used_by_copy?, "a pipe to pipe copy set up no io_uring")
   end
 
@@ -908,6 +917,115 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
       assert_equal("UNRELATED", result[:other], "#{label}: a file opened after the close was written to")
       assert_not_include(result[:dst], "UNRELATED", "#{label}: a file opened after the close was read")
     end
+  end
+
+  # IO.copy_stream(s, s), an echo, is one user of one descriptor: a close
+  # from another thread raises one IOError in it.  Registered as a user of
+  # the source and of the destination, it got two, and the second fired
+  # after the copy's caller had rescued the first.
+  def test_echo_closed_by_another_thread
+    omit "io_uring is not used here" unless uring_expected?
+    a, b = UNIXSocket.pair
+    th = Thread.new do
+      IO.copy_stream(a, a)
+      :returned
+    rescue IOError => first
+      begin
+        sleep 0.2 # where a second IOError would fire
+        [:rescued, first.message]
+      rescue Exception => second
+        [:second_exception, first.message, second.class, second.message]
+      end
+    end
+    b.write("hello")
+    assert_equal("hello", b.readpartial(10))
+    cases.wait_until("the copy to wait") { th.status == "sleep" || !th.alive? }
+    a.close
+    assert_same(th, th.join(10), "the copy's thread did not end")
+    assert_equal([:rescued, "stream closed in another thread"], th.value)
+  ensure
+    th&.kill&.join
+    [a, b].each {|io| io&.close}
+  end
+
+  # M:N threads take turns on a few native threads.  A copy holds its native
+  # thread's ring until it is done; another Ruby thread copying on the same
+  # native thread meanwhile takes the ordinary loop.  When they shared the
+  # ring, one reaped the other's completions, and the process froze in the
+  # cancellation of what it thought was still in flight, with the GVL held.
+  def test_concurrent_copies_in_mn_threads
+    assert_separately([{"RUBY_MN_THREADS" => "1"}], <<~'RUBY', timeout: 30)
+      def other_fds
+        Dir.children("/proc/self/fd").map(&:to_i).sort.reject do |fd|
+          # the native threads' rings stay with them
+          File.readlink("/proc/self/fd/#{fd}").include?("io_uring") rescue true
+        end
+      end
+      fds = other_fds
+      random = Random.new(6)
+      sizes = Array.new(8) { Array.new(4) { random.rand(1..300_000) } }
+      bad = []
+      threads = sizes.each_with_index.map do |list, i|
+        Thread.new do
+          list.each_with_index do |size, j|
+            sr, sw = IO.pipe
+            dr, dw = IO.pipe
+            data = random.bytes(size)
+            writer = Thread.new { sw.write(data); sw.close }
+            reader = Thread.new { dr.binmode.read }
+            begin
+              n = IO.copy_stream(sr, dw)
+              bad << [i, j, :returned, n, size] unless n == size
+            rescue => e
+              bad << [i, j, e.class, e.message]
+            end
+            dw.close
+            got = reader.value
+            writer.join
+            [sr, dr].each(&:close)
+            bad << [i, j, :mismatch, got.bytesize, size] unless got == data
+          end
+        end
+      end
+      threads.each(&:join)
+      assert_equal([], bad)
+      assert_equal(fds, other_fds, "descriptors leaked")
+    RUBY
+  end
+
+  # A copy holds its ring between rounds, where a trap handler can run and
+  # fork: the child goes on with the copy on a ring of its own, and the
+  # parent with its ring.
+  def test_fork_in_a_trap_during_the_copy
+    omit "no fork" unless Process.respond_to?(:fork)
+    assert_separately([], <<~'RUBY', timeout: 30)
+      parent = Process.pid
+      r, w = IO.pipe
+      r2, w2 = IO.pipe
+      child = child_status = nil
+      trap(:USR1) do
+        if (child = fork)
+          Process.wait(child)
+          child_status = $?
+        end
+        # the child returns to the copy the trap interrupted
+      end
+      writer = Thread.new do
+        sleep 0.1 until Thread.main.status == "sleep"
+        Process.kill(:USR1, parent)
+        sleep 0.01 until child
+        w.write("abcde")   # the child's copy takes these
+        sleep 0.01 until child_status
+        w.write("fghij")   # and the parent's these
+      end
+      n = IO.copy_stream(r, w2, 5)
+      exit!(n == 5 ? 0 : 1) if Process.pid != parent
+      writer.join
+      w2.close
+      assert_equal(0, child_status.exitstatus)
+      assert_equal([5, "abcdefghij"], [n, r2.read])
+      [r, w, r2].each(&:close)
+    RUBY
   end
 
   # A write to a datagram socket sends one datagram, a read receives one:

@@ -41,14 +41,16 @@ static VALUE
 ring_nop(int argc, VALUE *argv, VALUE self)
 {
     int count = rb_check_arity(argc, 0, 1) ? NUM2INT(argv[0]) : 1;
-    struct io_uring *ring = ring_or_raise();
+    struct io_uring *ring;
     struct rb_io_uring_op *ops;
     VALUE results, tmp;
     int i, ret;
 
     if (count < 1) rb_raise(rb_eArgError, "count must be positive");
+    ring = ring_or_raise();
     /* Prepared entries must not be abandoned: check for room first. */
     if ((unsigned int)count > io_uring_sq_space_left(ring)) {
+        rb_io_uring_release(ring);
         rb_raise(rb_eArgError, "more operations than the ring holds");
     }
     ops = ALLOCV_N(struct rb_io_uring_op, tmp, count);
@@ -56,6 +58,8 @@ ring_nop(int argc, VALUE *argv, VALUE self)
         io_uring_prep_nop(rb_io_uring_sqe(ring, &ops[i]));
     }
     ret = rb_io_uring_wait(ring, ops, count);
+    /* Nothing is in flight now, and what follows may raise. */
+    rb_io_uring_release(ring);
     if (ret < 0 && ret != -EINTR) rb_syserr_fail(-ret, "rb_io_uring_wait");
     results = rb_ary_new_capa(count);
     for (i = 0; i < count; i++) rb_ary_push(results, INT2NUM(ops[i].result));
@@ -70,7 +74,6 @@ ring_read(VALUE self, VALUE io, VALUE length)
 {
     int fd = rb_io_descriptor(io);
     long len = NUM2LONG(length);
-    struct io_uring *ring = ring_or_raise();
     struct rb_io_uring_op op;
     VALUE tmp, str;
     char *buf;
@@ -79,10 +82,13 @@ ring_read(VALUE self, VALUE io, VALUE length)
     if (len <= 0) rb_raise(rb_eArgError, "length must be positive");
     buf = ALLOCV(tmp, len);     /* not moved by GC while the kernel writes */
     for (;;) {
+        /* Held for one wait: the interrupt check below may raise. */
+        struct io_uring *ring = ring_or_raise();
         struct io_uring_sqe *sqe = rb_io_uring_sqe(ring, &op);
 
         io_uring_prep_read(sqe, fd, buf, (unsigned int)len, (__u64)-1);
         ret = rb_io_uring_wait(ring, &op, 1);
+        rb_io_uring_release(ring);
         if (ret == -EINTR && (op.result == -ECANCELED || op.result == -EINTR)) {
             rb_thread_check_ints();     /* may raise: nothing is in flight */
             continue;
@@ -100,7 +106,34 @@ ring_read(VALUE self, VALUE io, VALUE length)
 static VALUE
 ring_fd(VALUE self)
 {
-    return INT2NUM(ring_or_raise()->ring_fd);
+    struct io_uring *ring = ring_or_raise();
+    int fd = ring->ring_fd;
+
+    rb_io_uring_release(ring);
+    return INT2NUM(fd);
+}
+
+static VALUE
+ring_hold_body(VALUE ring)
+{
+    return rb_yield(Qnil);
+}
+
+static VALUE
+ring_hold_release(VALUE ring)
+{
+    rb_io_uring_release((struct io_uring *)ring);
+    return Qnil;
+}
+
+/* Bug::IOUring.hold { ... } -> the block's value, run with the calling
+ * thread's ring held, as IO.copy_stream holds it during a copy */
+static VALUE
+ring_hold(VALUE self)
+{
+    struct io_uring *ring = ring_or_raise();
+
+    return rb_ensure(ring_hold_body, (VALUE)ring, ring_hold_release, (VALUE)ring);
 }
 
 /* Bug::IOUring.supported?(:splice) -> true or false */
@@ -115,7 +148,11 @@ ring_supported_p(VALUE self, VALUE name)
 static VALUE
 ring_available_p(VALUE self)
 {
-    return rb_io_uring_get() ? Qtrue : Qfalse;
+    struct io_uring *ring = rb_io_uring_get();
+
+    if (!ring) return Qfalse;
+    rb_io_uring_release(ring);
+    return Qtrue;
 }
 
 void
@@ -131,5 +168,6 @@ Init_io_uring(void)
     rb_define_module_function(m, "nop", ring_nop, -1);
     rb_define_module_function(m, "read", ring_read, 2);
     rb_define_module_function(m, "ring_fd", ring_fd, 0);
+    rb_define_module_function(m, "hold", ring_hold, 0);
 #endif
 }

@@ -50,7 +50,11 @@ class TestIOUringRing < Test::Unit::TestCase
   end
 
   def open_fds
-    Dir.children("/proc/self/fd").map(&:to_i).sort
+    fds = Dir.children("/proc/self/fd").map(&:to_i).sort
+    return fds unless RUBY_DESCRIPTION.include?("+MN")
+    # M:N threads: a ring belongs to a native thread of the pool, which
+    # outlives the Ruby threads that ran on it
+    fds.reject {|fd| File.readlink("/proc/self/fd/#{fd}") == "anon_inode:[io_uring]" rescue false}
   end
 
   def test_compiled_as_configured
@@ -193,8 +197,14 @@ class TestIOUringRing < Test::Unit::TestCase
     RUBY
   end
 
+  # Rings belong to native threads, which M:N threads share.
+  def require_dedicated_native_threads
+    omit "M:N threads share native threads and their rings" if RUBY_DESCRIPTION.include?("+MN")
+  end
+
   def test_one_ring_per_thread
     require_ring
+    require_dedicated_native_threads
     main_fd = Bug::IOUring.ring_fd
     assert_equal main_fd, Bug::IOUring.ring_fd
     queue = Queue.new
@@ -212,8 +222,36 @@ class TestIOUringRing < Test::Unit::TestCase
     assert_equal 5, (fds + [main_fd]).uniq.size, "each thread has its own ring"
   end
 
+  # A ring is held by one caller at a time (IO.copy_stream holds it for the
+  # whole copy): under M:N threads, Ruby threads taking turns on a native
+  # thread must not reap or cancel each other's operations.  Another use
+  # meanwhile is refused, and IO.copy_stream takes its ordinary loop.
+  def test_held_ring_is_refused_to_others
+    require_ring
+    fd = Bug::IOUring.ring_fd
+    copied = Bug::IOUring.hold do
+      assert_raise(Errno::EBUSY) { Bug::IOUring.nop }
+      assert_raise(Errno::EBUSY) { Bug::IOUring.ring_fd }
+      IO.pipe do |r, w|
+        IO.pipe do |r2, w2|
+          w.write("held")
+          w.close
+          n = IO.copy_stream(r, w2)
+          w2.close
+          [n, r2.read]
+        end
+      end
+    end
+    assert_equal [4, "held"], copied
+    assert_equal [0], Bug::IOUring.nop, "the ring is free again"
+    assert_equal fd, Bug::IOUring.ring_fd
+    assert_raise(RuntimeError) { Bug::IOUring.hold { raise "in the block" } }
+    assert_equal [0], Bug::IOUring.nop, "released when the block raises"
+  end
+
   def test_rings_are_released_when_threads_exit
     require_ring
+    require_dedicated_native_threads
     20.times { Thread.new { Bug::IOUring.nop }.join }
     # teardown checks that all 20 rings are gone
   end
