@@ -663,4 +663,25 @@ class TestFiberIOClose < Test::Unit::TestCase
     end
     assert_predicate(r, :closed?)
   end
+
+  # A thread that ended with a fiber still inside an I/O hook (its
+  # scheduler's loop raised) left the fiber's entry registered, naming the
+  # freed thread: a later IO#close of the descriptor crashed
+  # ([BUG] pthread_mutex_lock).
+  def test_close_after_the_thread_ended_with_a_fiber_in_a_hook
+    assert_separately(["-r#{File.expand_path("scheduler", __dir__)}"], <<~'RUBY', timeout: 30)
+      failing = Class.new(Scheduler) { def run = raise("loop failed") }
+      r, w = IO.pipe
+      thread = Thread.new do
+        Thread.current.report_on_exception = false
+        Fiber.set_scheduler(failing.new)
+        Fiber.schedule { r.read }
+      end
+      assert_raise_with_message(RuntimeError, "loop failed") { thread.join }
+      GC.start
+      r.close
+      w.close
+      assert_predicate r, :closed?
+    RUBY
+  end
 end

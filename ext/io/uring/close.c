@@ -88,7 +88,10 @@ scheduler_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception)
     }
     for (h = s->hooks.next; h != &s->hooks; h = h->next) {
         if (h->fiber != fiber) continue;
-        if (NIL_P(h->interrupt)) h->interrupt = exception;
+        if (NIL_P(h->interrupt)) {
+            h->interrupt = exception;
+            s->interrupted++;
+        }
         if (s->thread == rb_thread_current()) {
             hook_cancel(s, h);
         }

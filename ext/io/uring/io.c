@@ -53,7 +53,8 @@ io_wait_poll(VALUE ptr)
 static VALUE
 io_wait_leave(VALUE ptr)
 {
-    hook_leave(&((struct wait_args *)ptr)->hook);
+    struct wait_args *a = (struct wait_args *)ptr;
+    hook_leave(a->s, &a->hook);
     return Qnil;
 }
 
@@ -171,7 +172,7 @@ static VALUE
 io_unlock(VALUE ptr)
 {
     struct io_args *a = (struct io_args *)ptr;
-    hook_leave(&a->hook);
+    hook_leave(a->s, &a->hook);
     if (a->b.locked) rb_io_buffer_unlock(a->b.buffer);
     return Qnil;
 }

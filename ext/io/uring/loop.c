@@ -117,10 +117,26 @@ ready_resume_pending_p(struct uring_scheduler *s, VALUE fiber)
     return 0;
 }
 
-/* Record in each operation queued since the last submission what it is
- * (its opcode and descriptor), for a debugger to read while it is in
- * flight.  The entries queued but not yet handed to the kernel are those
- * from sq.sqe_head to sq.sqe_tail. */
+/* Whether `op` belongs to a hook #fiber_interrupt has marked. */
+static int
+op_interrupted_p(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct io_hook *h;
+    int i;
+
+    for (h = s->hooks.next; h != &s->hooks; h = h->next) {
+        if (NIL_P(h->interrupt)) continue;
+        for (i = 0; i < h->nops; i++) {
+            if (&h->op[i] == op) return 1;
+        }
+    }
+    return 0;
+}
+
+/* Before a submission, over the entries queued since the last one (from
+ * sq.sqe_head to sq.sqe_tail): record in each operation what it is (its
+ * opcode and descriptor), for a debugger to read while it is in flight,
+ * and disarm those of interrupted hooks. */
 void
 sq_note(struct uring_scheduler *s)
 {
@@ -128,12 +144,23 @@ sq_note(struct uring_scheduler *s)
     unsigned int i;
 
     for (i = sq->sqe_head; i != sq->sqe_tail; i++) {
-        const struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
+        struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
         struct uring_op *op = (struct uring_op *)(uintptr_t)sqe->user_data;
-        if (op && op != &s->wake_op) {
-            op->opcode = sqe->opcode;
-            op->fd = (sqe->flags & IOSQE_FIXED_FILE) ? -1 : sqe->fd;
+
+        if (!op || op == &s->wake_op) continue;
+        if (s->interrupted > 0 && op_interrupted_p(s, op)) {
+            /* Queued by a hook that IO#close, from another thread, has
+             * interrupted since: that close did not wait for the fiber,
+             * and the descriptor number may already be another file's.
+             * It goes in as a NOP (its links kept): nothing reaches the
+             * descriptor, and the fiber raises the interrupt. */
+            unsigned char links = sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK);
+            io_uring_prep_nop(sqe);
+            sqe->flags |= links;
+            io_uring_sqe_set_data(sqe, op);
         }
+        op->opcode = sqe->opcode;
+        op->fd = (sqe->flags & IOSQE_FIXED_FILE) ? -1 : sqe->fd;
     }
 }
 

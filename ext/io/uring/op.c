@@ -132,8 +132,9 @@ hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int f
 }
 
 void
-hook_leave(struct io_hook *h)
+hook_leave(struct uring_scheduler *s, struct io_hook *h)
 {
+    if (!NIL_P(h->interrupt)) s->interrupted--;
     h->prev->next = h->next;
     h->next->prev = h->prev;
     h->prev = h->next = h;

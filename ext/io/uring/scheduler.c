@@ -235,6 +235,7 @@ scheduler_forget_parent(struct uring_scheduler *s)
     s->inflight = 0;
     s->hooks.next = s->hooks.prev = &s->hooks;
     s->interrupts_pending = 0;
+    s->interrupted = 0;
     s->wake_op.inflight = 0;
     s->ready_head = s->ready_len = 0;
     s->held_len = 0;

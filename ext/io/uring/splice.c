@@ -351,7 +351,7 @@ splice_leave(VALUE ptr)
     struct splice_args *a = (struct splice_args *)ptr;
     int k;
 
-    hook_leave(&a->hook);
+    hook_leave(a->s, &a->hook);
     for (k = 0; k < a->nouts; k++) {
         int32_t put = a->ops[a->outs[k]].result;
         if (put > 0) a->done += put;

@@ -106,6 +106,7 @@ struct uring_scheduler {
 
     struct io_hook hooks;       /* list head of fibers in I/O hooks */
     int interrupts_pending;     /* #fiber_interrupt from another thread */
+    long interrupted;           /* hooks with an interrupt (see sq_note) */
 
     struct ready_entry *ready;
     long ready_head, ready_len, ready_capa;
@@ -164,7 +165,7 @@ void op_cancel(struct uring_scheduler *s, struct uring_op *op);
 void op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op);
 void timer_cancel(struct uring_scheduler *s, struct uring_op *timer);
 void hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int fd);
-void hook_leave(struct io_hook *h);
+void hook_leave(struct uring_scheduler *s, struct io_hook *h);
 void hook_check(struct io_hook *h);
 int32_t hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op);
 
