@@ -185,7 +185,7 @@ ring_submit(struct uring_scheduler *s)
 }
 
 struct io_uring_sqe *
-sqe_get(struct uring_scheduler *s)
+sqe_get_slow(struct uring_scheduler *s)
 {
     struct io_uring_sqe *sqe;
 

@@ -12,26 +12,6 @@
 
 #include "uring.h"
 
-/* A submission entry for `op`, whose fiber is the current one. */
-struct io_uring_sqe *
-op_sqe(struct uring_scheduler *s, struct uring_op *op)
-{
-    struct io_uring_sqe *sqe = sqe_get(s);
-
-    op->fiber = rb_fiber_current();
-    op->result = 0;
-    op->inflight = 1;
-    op->opcode = IORING_OP_NOP;     /* until sq_note() */
-    op->fd = -1;
-    op->next = &s->inflight_ops;
-    op->prev = s->inflight_ops.prev;
-    s->inflight_ops.prev->next = op;
-    s->inflight_ops.prev = op;
-    s->inflight++;
-    io_uring_sqe_set_data(sqe, op);
-    return sqe;
-}
-
 static void
 op_complete_quietly(struct uring_scheduler *s, struct uring_op *op)
 {
@@ -113,39 +93,6 @@ op_wait(struct uring_scheduler *s, struct uring_op *op)
 
     rb_ensure(op_wait_yield, (VALUE)&a, op_wait_ensure, (VALUE)&a);
     return op->result;
-}
-
-/* The current fiber enters hook `name` working on descriptor `fd`. */
-void
-hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int fd)
-{
-    h->name = name;
-    h->fd = fd;
-    h->fiber = rb_fiber_current();
-    h->interrupt = Qnil;
-    h->op = NULL;
-    h->nops = 0;
-    h->next = &s->hooks;
-    h->prev = s->hooks.prev;
-    s->hooks.prev->next = h;
-    s->hooks.prev = h;
-}
-
-void
-hook_leave(struct uring_scheduler *s, struct io_hook *h)
-{
-    if (!NIL_P(h->interrupt)) s->interrupted--;
-    h->prev->next = h->next;
-    h->next->prev = h->prev;
-    h->prev = h->next = h;
-}
-
-/* Raise what #fiber_interrupt left for this hook: call before starting an
- * operation on the descriptor, and after each one. */
-void
-hook_check(struct io_hook *h)
-{
-    if (!NIL_P(h->interrupt)) rb_exc_raise(h->interrupt);
 }
 
 /* op_wait for an operation of hook `h`. */

@@ -145,7 +145,7 @@ void ready_push(struct uring_scheduler *s, VALUE fiber);
 void ready_push_raise(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message, const void *token);
 void ready_drop_raise(struct uring_scheduler *s, const void *token);
 void held_raise(struct uring_scheduler *s);
-struct io_uring_sqe *sqe_get(struct uring_scheduler *s);
+struct io_uring_sqe *sqe_get_slow(struct uring_scheduler *s);
 void sq_note(struct uring_scheduler *s);
 void sq_reserve(struct uring_scheduler *s, unsigned int n);
 void reap(struct uring_scheduler *s);
@@ -159,14 +159,10 @@ VALUE scheduler_closed_p(VALUE self);
 VALUE scheduler_fiber(int argc, VALUE *argv, VALUE self);
 
 /* op.c */
-struct io_uring_sqe *op_sqe(struct uring_scheduler *s, struct uring_op *op);
 int32_t op_wait(struct uring_scheduler *s, struct uring_op *op);
 void op_cancel(struct uring_scheduler *s, struct uring_op *op);
 void op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op);
 void timer_cancel(struct uring_scheduler *s, struct uring_op *timer);
-void hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int fd);
-void hook_leave(struct uring_scheduler *s, struct io_hook *h);
-void hook_check(struct io_hook *h);
 int32_t hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op);
 
 /* io.c */
@@ -198,5 +194,69 @@ VALUE scheduler_block(int argc, VALUE *argv, VALUE self);
 VALUE scheduler_unblock(VALUE self, VALUE blocker, VALUE fiber);
 
 #pragma GCC visibility pop
+
+/* The hot path of every hook, inlined where it is used. */
+
+/* A free submission entry; when the queue is full, what is queued is
+ * submitted first. */
+static inline struct io_uring_sqe *
+sqe_get(struct uring_scheduler *s)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+    return sqe ? sqe : sqe_get_slow(s);
+}
+
+/* A submission entry for `op`, whose fiber is the current one. */
+static inline struct io_uring_sqe *
+op_sqe(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct io_uring_sqe *sqe = sqe_get(s);
+
+    op->fiber = rb_fiber_current();
+    op->result = 0;
+    op->inflight = 1;
+    op->opcode = IORING_OP_NOP;     /* until sq_note() */
+    op->fd = -1;
+    op->next = &s->inflight_ops;
+    op->prev = s->inflight_ops.prev;
+    s->inflight_ops.prev->next = op;
+    s->inflight_ops.prev = op;
+    s->inflight++;
+    io_uring_sqe_set_data(sqe, op);
+    return sqe;
+}
+
+/* The current fiber enters hook `name` working on descriptor `fd`. */
+static inline void
+hook_enter(struct uring_scheduler *s, struct io_hook *h, const char *name, int fd)
+{
+    h->name = name;
+    h->fd = fd;
+    h->fiber = rb_fiber_current();
+    h->interrupt = Qnil;
+    h->op = NULL;
+    h->nops = 0;
+    h->next = &s->hooks;
+    h->prev = s->hooks.prev;
+    s->hooks.prev->next = h;
+    s->hooks.prev = h;
+}
+
+static inline void
+hook_leave(struct uring_scheduler *s, struct io_hook *h)
+{
+    if (!NIL_P(h->interrupt)) s->interrupted--;
+    h->prev->next = h->next;
+    h->next->prev = h->prev;
+    h->prev = h->next = h;
+}
+
+/* Raise what #fiber_interrupt left for this hook: call before starting an
+ * operation on the descriptor, and after each one. */
+static inline void
+hook_check(struct io_hook *h)
+{
+    if (!NIL_P(h->interrupt)) rb_exc_raise(h->interrupt);
+}
 
 #endif /* IO_URING_SCHEDULER_H */
