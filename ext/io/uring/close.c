@@ -56,6 +56,7 @@ scheduler_io_close(VALUE self, VALUE fd)
     int32_t result;
 
     io_uring_prep_close(op_sqe(s, &op), descriptor);
+    op.keep = 1;                /* closed, whatever the fiber is raised */
     result = op_wait(s, &op);
     /* IORING_OP_CLOSE refuses some descriptors that close(2) takes (those
      * of io_uring instances): still open, they are closed the usual way. */

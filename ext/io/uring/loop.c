@@ -87,9 +87,8 @@ held_push(struct uring_scheduler *s, struct ready_entry e)
     s->held[s->held_len++] = e;
 }
 
-/* At the start of every hook: raise here what was held back for the
- * current fiber, before anything is queued for it. */
-void
+/* Raise what was held back for the current fiber (see suspend). */
+static void
 held_raise(struct uring_scheduler *s)
 {
     VALUE fiber = rb_fiber_current();
@@ -113,6 +112,39 @@ ready_resume_pending_p(struct uring_scheduler *s, VALUE fiber)
     for (i = 0; i < s->ready_len; i++) {
         struct ready_entry *e = &s->ready[(s->ready_head + i) % s->ready_capa];
         if (e->fiber == fiber && NIL_P(e->klass)) return 1;
+    }
+    return 0;
+}
+
+/* Make a queued entry a NOP, keeping its links and its operation: it
+ * completes (with 0) without doing anything. */
+static void
+sqe_disarm(struct io_uring_sqe *sqe)
+{
+    void *op = (void *)(uintptr_t)sqe->user_data;
+    unsigned char links = sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK);
+
+    io_uring_prep_nop(sqe);
+    sqe->flags |= links;
+    io_uring_sqe_set_data(sqe, op);
+}
+
+/* If `op` is still queued, not handed to the kernel yet, disarm it (see
+ * sqe_disarm) and return 1: cancelling it then costs nothing, and nothing
+ * it would have done (reading bytes, say) happens. */
+int
+sq_disarm(struct uring_scheduler *s, struct uring_op *op)
+{
+    struct io_uring_sq *sq = &s->ring.sq;
+    unsigned int i;
+
+    if (op->keep) return 0;
+    for (i = sq->sqe_head; i != sq->sqe_tail; i++) {
+        struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
+        if ((void *)(uintptr_t)sqe->user_data == op) {
+            sqe_disarm(sqe);
+            return 1;
+        }
     }
     return 0;
 }
@@ -148,17 +180,11 @@ sq_note(struct uring_scheduler *s)
         struct uring_op *op = (struct uring_op *)(uintptr_t)sqe->user_data;
 
         if (!op || op == &s->wake_op) continue;
-        if (s->interrupted > 0 && op_interrupted_p(s, op)) {
-            /* Queued by a hook that IO#close, from another thread, has
-             * interrupted since: that close did not wait for the fiber,
-             * and the descriptor number may already be another file's.
-             * It goes in as a NOP (its links kept): nothing reaches the
-             * descriptor, and the fiber raises the interrupt. */
-            unsigned char links = sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK);
-            io_uring_prep_nop(sqe);
-            sqe->flags |= links;
-            io_uring_sqe_set_data(sqe, op);
-        }
+        /* Queued by a hook that IO#close, from another thread, has
+         * interrupted since: that close did not wait for the fiber, and the
+         * descriptor number may already be another file's.  Nothing may
+         * reach it: the fiber raises the interrupt. */
+        if (s->interrupted > 0 && op_interrupted_p(s, op)) sqe_disarm(sqe);
         op->opcode = sqe->opcode;
         op->fd = (sqe->flags & IOSQE_FIXED_FILE) ? -1 : sqe->fd;
     }
@@ -347,6 +373,11 @@ static void run_once(struct uring_scheduler *s);
 void
 suspend(struct uring_scheduler *s)
 {
+    /* A timeout's raise held back behind a completion of this fiber (see
+     * run_once) is raised at its next wait, before the fiber waits: what
+     * it has queued for that wait is still disarmed by the cancellation
+     * (sq_disarm), so no read can take bytes the exception would lose. */
+    if (s->held_len > 0) held_raise(s);
     if (rb_fiber_current() == s->loop_fiber) {
         run_once(s);            /* nobody to transfer to: be the loop */
     }

@@ -25,6 +25,10 @@ op_complete_quietly(struct uring_scheduler *s, struct uring_op *op)
 void
 op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op)
 {
+    if (op->inflight && sq_disarm(s, op)) {
+        while (op->inflight) wait_completions(s, 0);
+        return;
+    }
     while (op->inflight) {
         struct uring_op cancel = {0};
 

@@ -265,7 +265,6 @@ scheduler_get(VALUE self)
     if (s->thread != rb_thread_current()) {
         rb_raise(rb_eThreadError, "IO::Uring::Scheduler belongs to another thread");
     }
-    if (s->held_len > 0) held_raise(s);
     return s;
 }
 

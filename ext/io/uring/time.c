@@ -9,6 +9,7 @@
 
 #include "uring.h"
 
+#include <math.h>
 #include <time.h>
 
 /* The deadline `interval` from now on CLOCK_MONOTONIC, the clock of
@@ -43,14 +44,14 @@ deadline_of(VALUE duration)
 }
 
 /* A duration Ruby hands on without checking (Timeout's, Queue#pop's):
- * negative ones are 0, too large ones never come. */
+ * negative ones are 0, too large ones (and NaN) never come. */
 static struct __kernel_timespec
 deadline_clamped(VALUE duration)
 {
     struct timespec interval = {0, 0};
     double d = NUM2DBL(duration);
 
-    if (d > 1e12) interval.tv_sec = (time_t)1 << 40;
+    if (d > 1e12 || isnan(d)) interval.tv_sec = (time_t)1 << 40;
     else if (d > 0) interval = rb_time_timespec_interval(duration);
     return deadline_after(interval);
 }

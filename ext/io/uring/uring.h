@@ -69,6 +69,8 @@ struct uring_op {
      * submitted (IORING_OP_*, and its descriptor or -1). */
     uint8_t opcode;
     int fd;
+    /* Must run even when its fiber leaves (a close): not disarmed. */
+    int keep;
 };
 
 /* A fiber inside an I/O hook (io_wait, io_read, ...), on its stack: what
@@ -144,9 +146,9 @@ void scheduler_forget_parent(struct uring_scheduler *s);
 void ready_push(struct uring_scheduler *s, VALUE fiber);
 void ready_push_raise(struct uring_scheduler *s, VALUE fiber, VALUE klass, VALUE message, const void *token);
 void ready_drop_raise(struct uring_scheduler *s, const void *token);
-void held_raise(struct uring_scheduler *s);
 struct io_uring_sqe *sqe_get_slow(struct uring_scheduler *s);
 void sq_note(struct uring_scheduler *s);
+int sq_disarm(struct uring_scheduler *s, struct uring_op *op);
 void sq_reserve(struct uring_scheduler *s, unsigned int n);
 void reap(struct uring_scheduler *s);
 NORETURN(void ring_fail(struct uring_scheduler *s, int error, const char *call));
@@ -217,6 +219,7 @@ op_sqe(struct uring_scheduler *s, struct uring_op *op)
     op->inflight = 1;
     op->opcode = IORING_OP_NOP;     /* until sq_note() */
     op->fd = -1;
+    op->keep = 0;
     op->next = &s->inflight_ops;
     op->prev = s->inflight_ops.prev;
     s->inflight_ops.prev->next = op;

@@ -305,6 +305,88 @@ class TestIOUringScheduler < Test::Unit::TestCase
     assert_kind_of Timeout::Error, error
   end
 
+  # A Timeout held behind a completion (above) used to be raised at the
+  # next hook's entry: in #io_close before the close (the IO said closed,
+  # the descriptor stayed open), and never in hooks that wait again
+  # without leaving (an io_write of the rest, a process_wait whose child
+  # another fiber reaped).  It is raised at the fiber's next wait, whatever
+  # the hook; #io_close closes first.
+  def test_held_timeout_and_io_close
+    out = []
+    r, w = IO.pipe
+    fd = r.fileno
+    pipe = File.readlink("/proc/self/fd/#{fd}")
+    writer = Thread.new { sleep 0.15; w.write("data") }
+    run_scheduler do
+      Fiber.schedule do
+        Timeout.timeout(0.05) { out << r.readpartial(100); r.close; out << :closed }
+      rescue Timeout::Error
+        out << :timeout
+      end
+      Fiber.schedule { sleep 0.01; busy(0.3) }
+    end
+    writer.join
+    assert_equal "data", out.first
+    assert_predicate r, :closed?
+    assert_not_equal pipe, (File.readlink("/proc/self/fd/#{fd}") rescue nil), "the descriptor leaked"
+  ensure
+    r.close unless r.closed?
+    w.close
+  end
+
+  def test_held_timeout_in_a_write_that_goes_on
+    out = nil
+    IO.pipe do |r, w|
+      drained = nil
+      t0 = now
+      run_scheduler do
+        Fiber.schedule do
+          Timeout.timeout(0.1) { IO::Buffer.for(("x" * (1 << 20)).freeze).write(w, 1 << 20); out = :wrote_all }
+        rescue Timeout::Error
+          out = now - t0
+        end
+        Fiber.schedule { sleep 0.02; busy(0.4) }
+        Thread.new do
+          sleep 0.2
+          r.read_nonblock(65536, exception: false)
+          sleep 2.8
+          drained = Thread.new { r.read rescue nil } # unblocks a lost timeout
+        end
+      end
+      w.close
+      drained&.join
+    end
+    assert_kind_of Float, out, "the Timeout must fire"
+    assert_operator out, :<, 2
+  end
+
+  def test_held_timeout_in_a_process_wait_that_waits_again
+    c1 = spawn(RbConfig.ruby, "-e", "sleep 0.2")
+    c2 = spawn(RbConfig.ruby, "-e", "sleep 2")
+    out = []
+    run_scheduler do
+      Fiber.schedule do
+        Timeout.timeout(0.1) { out << [:a, Process.wait] }
+      rescue Timeout::Error
+        out << :a_timeout
+      end
+      Fiber.schedule { out << [:b, Process.wait] }
+      Fiber.schedule { sleep 0.02; busy(0.4) }
+    end
+    assert_include out, :a_timeout
+    assert_include out, [:b, c1]
+  ensure
+    Process.waitall
+  end
+
+  def test_timeout_nan_never_fires
+    result = nil
+    run_scheduler do
+      Fiber.schedule { result = Timeout.timeout(Float::NAN) { sleep 0.1; :finished } }
+    end
+    assert_equal :finished, result
+  end
+
   # A later element of IO.select's array raising (closed, no #to_io) used
   # to leave the polls queued for the earlier ones in flight, pointing into
   # the dead frame: the next completion or GC crashed.
