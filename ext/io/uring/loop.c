@@ -464,7 +464,8 @@ scheduler_run(VALUE self)
  */
 /* The loop ended in an exception (Thread#kill of the scheduler's thread,
  * a signal) with operations in flight: cancel them all and wait for the
- * kernel to let go, now that their fibers are still alive.  Left to
+ * kernel to let go, now that their fibers are still alive; and let go of
+ * the files their copies registered.  Left to
  * scheduler_free, the kernel could write into fiber stacks the same GC
  * has freed. */
 static VALUE
@@ -486,6 +487,7 @@ scheduler_cancel_all(VALUE self)
         io_uring_sqe_set_data(sqe, NULL);
         while (s->inflight == before) wait_completions(s, 0);
     }
+    splice_files_drop(s);
     return Qnil;
 }
 

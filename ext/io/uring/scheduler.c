@@ -193,6 +193,7 @@ scheduler_bind(struct uring_scheduler *s)
     int ret = io_uring_enable_rings(&s->ring);
 
     if (ret < 0) rb_syserr_fail(-ret, "io_uring_enable_rings");
+    splice_files_setup(s);
     s->thread = rb_thread_current();
     s->loop_fiber = rb_fiber_current();
 }

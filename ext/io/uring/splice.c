@@ -96,7 +96,93 @@ struct splice_args {
     int outs[SPLICE_CHUNKS];        /* the operations of a wait that write */
     int nouts;                      /* to `to`, not counted in `done` yet */
     int advance_from;               /* `from` is a file read at its position */
+    /* How the operations name `from` and `to`: their descriptors, or
+     * slots of the ring's file table (see splice_files_take). */
+    int pair;                       /* the pair of slots, or -1 */
+    unsigned long epoch;            /* the table's when it was taken */
+    int from_ix, to_ix;
+    unsigned char fixed;            /* IOSQE_FIXED_FILE, for `to` */
+    unsigned int from_fixed;        /* SPLICE_F_FD_IN_FIXED, for `from` */
 };
+
+/* A sparse table of registered files for the ring (kernel 5.19), in pairs
+ * for #io_splice.  Without it (older kernels, a low RLIMIT_NOFILE) the
+ * chains name the descriptors. */
+void
+splice_files_setup(struct uring_scheduler *s)
+{
+    int i;
+
+    s->file_nfree = 0;
+    s->file_epoch++;
+    if (io_uring_register_files_sparse(&s->ring, 2 * SPLICE_FILE_PAIRS) < 0) return;
+    for (i = SPLICE_FILE_PAIRS - 1; i >= 0; i--) s->file_free[s->file_nfree++] = i;
+}
+
+/* The loop ended with fibers that will never run again (see
+ * scheduler_cancel_all): their copies never give their slots back, and the
+ * table would keep their files open (a pipe's reader would never see the
+ * end of file).  Empty it. */
+void
+splice_files_drop(struct uring_scheduler *s)
+{
+    int fds[2 * SPLICE_FILE_PAIRS], i;
+
+    if (s->file_nfree == SPLICE_FILE_PAIRS) return;     /* none taken */
+    for (i = 0; i < 2 * SPLICE_FILE_PAIRS; i++) fds[i] = -1;
+    io_uring_register_files_update(&s->ring, 0, fds, 2 * SPLICE_FILE_PAIRS);
+    s->file_nfree = 0;
+    for (i = SPLICE_FILE_PAIRS - 1; i >= 0; i--) s->file_free[s->file_nfree++] = i;
+    s->file_epoch++;
+}
+
+/*
+ * The chain of a round names `to` (and `from`) through the ring's file
+ * table, not by number.  Operations linked behind a poll are issued later,
+ * and the kernel looks a descriptor number up when it issues them: after
+ * an IO#close from another thread (which does not wait for this fiber),
+ * the number may be another file's, which would get the copy's bytes.
+ * A registered file is the one that was registered, whatever the number
+ * has become; the table lets go of it when the copy leaves.
+ */
+static void
+splice_files_take(struct splice_args *a)
+{
+    struct uring_scheduler *s = a->s;
+    int fds[2] = {a->from, a->to}, pair;
+
+    a->pair = -1;
+    a->from_ix = a->from;
+    a->to_ix = a->to;
+    a->fixed = 0;
+    a->from_fixed = 0;
+    if (s->file_nfree == 0) return;     /* too many at once: by number */
+    pair = s->file_free[--s->file_nfree];
+    if (io_uring_register_files_update(&s->ring, 2 * pair, fds, 2) != 2) {
+        s->file_free[s->file_nfree++] = pair;
+        return;
+    }
+    a->pair = pair;
+    a->epoch = s->file_epoch;
+    a->from_ix = 2 * pair;
+    a->to_ix = 2 * pair + 1;
+    a->fixed = IOSQE_FIXED_FILE;
+    a->from_fixed = SPLICE_F_FD_IN_FIXED;
+}
+
+static void
+splice_files_give(struct splice_args *a)
+{
+    struct uring_scheduler *s = a->s;
+    int fds[2] = {-1, -1};
+
+    if (a->pair < 0) return;
+    if (s->ring_live && s->generation == fork_generation && a->epoch == s->file_epoch) {
+        io_uring_register_files_update(&s->ring, 2 * a->pair, fds, 2);
+        s->file_free[s->file_nfree++] = a->pair;
+    }
+    a->pair = -1;
+}
 
 /* The fiber waits for a whole chain: only its last completion wakes it. */
 static void
@@ -177,14 +263,15 @@ splice_drain(struct splice_args *a, struct splice_pipe *p, size_t left)
         a->pending = 0;
         if (wait) {
             sqe = splice_sqe(a, n++);
-            io_uring_prep_poll_add(sqe, a->to, POLLOUT);
-            sqe->flags |= IOSQE_IO_LINK;
+            io_uring_prep_poll_add(sqe, a->to_ix, POLLOUT);
+            sqe->flags |= IOSQE_IO_LINK | a->fixed;
         }
         a->outs[0] = n;
         a->nouts = 1;
         sqe = splice_sqe(a, n++);
-        io_uring_prep_splice(sqe, p->fds[0], -1, a->to, splice_at(a->to_offset, a->done),
+        io_uring_prep_splice(sqe, p->fds[0], -1, a->to_ix, splice_at(a->to_offset, a->done),
                              (unsigned int)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        sqe->flags |= a->fixed;
         splice_wait(a, n);
         a->nouts = 0;
 
@@ -267,20 +354,21 @@ splice_transfer(VALUE ptr)
         a->pending = 0;
         if (wait_in) {
             sqe = splice_sqe(a, n++);
-            io_uring_prep_poll_add(sqe, a->from, POLLIN);
-            sqe->flags |= IOSQE_IO_LINK;
+            io_uring_prep_poll_add(sqe, a->from_ix, POLLIN);
+            sqe->flags |= IOSQE_IO_LINK | a->fixed;
         }
         planned = 0;
         for (k = 0; k < chunks; k++) {
             in[k] = n;
             sqe = splice_sqe(a, n++);
-            io_uring_prep_splice(sqe, a->from, splice_at(a->from_offset, a->done + planned), a->pipes[k].fds[1], -1,
-                                 lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            io_uring_prep_splice(sqe, a->from_ix, splice_at(a->from_offset, a->done + planned), a->pipes[k].fds[1], -1,
+                                 lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK | a->from_fixed);
             sqe->flags |= IOSQE_IO_HARDLINK;
             out[k] = a->outs[k] = n;
             sqe = splice_sqe(a, n++);
-            io_uring_prep_splice(sqe, a->pipes[k].fds[0], -1, a->to, splice_at(a->to_offset, a->done + planned),
+            io_uring_prep_splice(sqe, a->pipes[k].fds[0], -1, a->to_ix, splice_at(a->to_offset, a->done + planned),
                                  lengths[k], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            sqe->flags |= a->fixed;
             if (k + 1 < chunks) sqe->flags |= IOSQE_IO_LINK;
             a->dirty[k] = 1;
             planned += lengths[k];
@@ -342,6 +430,13 @@ splice_transfer(VALUE ptr)
     }
 }
 
+static VALUE
+splice_body(VALUE ptr)
+{
+    splice_files_take((struct splice_args *)ptr);
+    return splice_transfer(ptr);
+}
+
 /* Leaving #io_splice, also by an exception: the pipes go back (or are
  * closed), and a file read at its position is left just past the bytes
  * written to `to`, as read(2) and write(2) would have left it. */
@@ -352,6 +447,7 @@ splice_leave(VALUE ptr)
     int k;
 
     hook_leave(a->s, &a->hook);
+    splice_files_give(a);
     for (k = 0; k < a->nouts; k++) {
         int32_t put = a->ops[a->outs[k]].result;
         if (put > 0) a->done += put;
@@ -380,8 +476,11 @@ splice_leave(VALUE ptr)
  *  copied (at least one), 0 at end of file, a negated errno, or nil
  *  (nothing copied) for a destination opened with O_APPEND or O_DIRECT, a
  *  descriptor splice(2) does not support, or a TCP source at urgent data
- *  (MSG_OOB), which splice(2) does not step over and read(2) does.  See
- *  Fiber::Scheduler#io_splice.
+ *  (MSG_OOB), which splice(2) does not step over and read(2) does.  While
+ *  the call lasts, the operations name +from+ and +to+ through the ring's
+ *  table of registered files, so an IO#close from another thread (which
+ *  does not wait for this fiber) cannot redirect them to a file that
+ *  reuses a number.  See Fiber::Scheduler#io_splice.
  */
 VALUE
 scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length)
@@ -418,6 +517,7 @@ scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE t
     }
 
     for (k = 0; k < SPLICE_CHUNKS; k++) a.pipes[k].fds[0] = a.pipes[k].fds[1] = -1;
+    a.pair = -1;
     hook_enter(a.s, &a.hook, "io_splice", a.from);
-    return rb_ensure(splice_transfer, (VALUE)&a, splice_leave, (VALUE)&a);
+    return rb_ensure(splice_body, (VALUE)&a, splice_leave, (VALUE)&a);
 }

@@ -55,6 +55,7 @@ struct splice_pipe {
 #define SPLICE_PIPE_SIZE (1 << 20)  /* asked for; the default pipe-max-size */
 #define SPLICE_CHUNKS 2             /* pipes in flight in one #io_splice */
 #define SPLICE_POOL 8               /* idle pipes kept */
+#define SPLICE_FILE_PAIRS 64        /* #io_splice calls with fixed files */
 
 /* One operation in flight, on the waiting fiber's stack. */
 struct uring_op {
@@ -127,6 +128,12 @@ struct uring_scheduler {
 
     struct splice_pipe *pipes;  /* the pipes of #io_splice */
     int npipes, pipes_capa;
+
+    /* Pairs of slots of the ring's registered-file table, one pair per
+     * #io_splice in progress (see splice_files_take): the free ones. */
+    int file_free[SPLICE_FILE_PAIRS];
+    int file_nfree;
+    unsigned long file_epoch;   /* bumped when the table is emptied */
 };
 
 #pragma GCC visibility push(hidden)
@@ -177,6 +184,8 @@ VALUE scheduler_io_select(int argc, VALUE *argv, VALUE self);
 
 /* splice.c */
 void pipes_release(struct uring_scheduler *s);
+void splice_files_setup(struct uring_scheduler *s);
+void splice_files_drop(struct uring_scheduler *s);
 VALUE scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length);
 
 /* close.c */

@@ -957,4 +957,44 @@ class TestIOUringIOSplice < Test::Unit::TestCase
   ensure
     [src, r, w].each { |io| io&.close }
   end
+
+  # IO#close from another thread does not wait for the copying fiber.  Its
+  # chain (poll on the source, then linked splices) was already submitted;
+  # the kernel looks a linked operation's descriptor number up only when it
+  # issues it, and the number had become an unrelated file's, which got the
+  # copy's bytes.  The chain now names both ends through the ring's table
+  # of registered files.
+  def test_close_from_another_thread_then_number_reused
+    src_r, src_w = IO.pipe
+    dst_r, dst_w = IO.pipe
+    out = []
+    thread = Thread.new do
+      Fiber.set_scheduler(IO::Uring::Scheduler.new)
+      Fiber.schedule do
+        IO.copy_stream(src_r, dst_w)
+      rescue IOError => e
+        out << e.class
+      end
+      Fiber.schedule do
+        sleep 0.05
+        t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        nil while Process.clock_gettime(Process::CLOCK_MONOTONIC) - t < 0.5 # the loop does not run
+        # each Timeout's end enters the kernel, which issues the linked splices
+        5.times { Timeout.timeout(5) { sleep 0.01 } }
+      end
+    end
+    sleep 0.2
+    number = dst_w.fileno
+    dst_w.close
+    log = File.open(new_path("unrelated.log"), "w")
+    assert_equal number, log.fileno, "the unrelated file must reuse the number"
+    src_w.write("SECRET DATA")
+    src_w.close
+    assert_same thread, thread.join(30), "the scheduler's thread hung"
+    log.close
+    assert_equal "", File.binread(log.path), "the copy wrote into an unrelated file"
+    assert_equal [IOError], out
+  ensure
+    [src_r, src_w, dst_r, dst_w, log].each { |io| io&.close rescue nil }
+  end
 end
