@@ -75,7 +75,7 @@ ready_drop_raise(struct uring_scheduler *s, const void *token)
     }
 }
 
-/* Hold back the raise `e` until its fiber next enters a hook. */
+/* Hold back the raise `e` until its fiber next waits (see suspend). */
 static void
 held_push(struct uring_scheduler *s, struct ready_entry e)
 {
@@ -131,7 +131,8 @@ sqe_disarm(struct io_uring_sqe *sqe)
 
 /* If `op` is still queued, not handed to the kernel yet, disarm it (see
  * sqe_disarm) and return 1: cancelling it then costs nothing, and nothing
- * it would have done (reading bytes, say) happens. */
+ * it would have done (reading bytes, say) happens.  The operations linked
+ * behind it go too: a NOP succeeds, and they would run. */
 int
 sq_disarm(struct uring_scheduler *s, struct uring_op *op)
 {
@@ -141,9 +142,12 @@ sq_disarm(struct uring_scheduler *s, struct uring_op *op)
     if (op->keep) return 0;
     for (i = sq->sqe_head; i != sq->sqe_tail; i++) {
         struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
-        if ((void *)(uintptr_t)sqe->user_data == op) {
+        if ((void *)(uintptr_t)sqe->user_data != op) continue;
+        for (;;) {
+            int linked = sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK);
             sqe_disarm(sqe);
-            return 1;
+            if (!linked || ++i == sq->sqe_tail) return 1;
+            sqe = &sq->sqes[i & sq->ring_mask];
         }
     }
     return 0;
