@@ -575,12 +575,13 @@ class TestIOUringScheduler < Test::Unit::TestCase
   def test_timers_start_when_asked_for
     out = {}
     run_scheduler do
-      Fiber.schedule { t = now; sleep 0.1; out[:sleep] = now - t }
-      Fiber.schedule { t = now; (Timeout.timeout(0.1) { sleep 5 } rescue out[:timeout] = now - t) }
-      Fiber.schedule { busy(0.5) }
+      Fiber.schedule { t = now; sleep 0.5; out[:sleep] = now - t }
+      Fiber.schedule { t = now; (Timeout.timeout(0.5) { sleep 5 } rescue out[:timeout] = now - t) }
+      Fiber.schedule { busy(1) }
     end
-    assert_operator out[:sleep], :<, 0.59
-    assert_operator out[:timeout], :<, 0.59
+    # From the request: about 1 s (the busy fiber); from submission, 1.5 s.
+    assert_operator out[:sleep], :<, 1.4
+    assert_operator out[:timeout], :<, 1.4
   end
 
   # Durations beyond time_t ended the wait at once (the kernel refused the
