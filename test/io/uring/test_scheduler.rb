@@ -288,7 +288,7 @@ class TestIOUringScheduler < Test::Unit::TestCase
   end
 
   # The raise held back behind a completion (above) is not starved by a
-  # fiber whose reads keep completing: it comes at the next hook.
+  # fiber whose reads keep completing: it comes when the fiber next waits.
   def test_timeout_fires_while_reads_keep_completing
     error = nil
     IO.pipe do |r, w|
