@@ -98,10 +98,13 @@ rb_fiber_scheduler_interruptible_p(VALUE scheduler)
  *    +fiber+ raise +exception+ as soon as its thread runs the scheduler,
  *    and from its return on, the scheduler must not start any new
  *    operation on the descriptor number for +fiber+: the number may be
- *    given to another file by then.  Operations already submitted to the
- *    kernel may complete on the file they hold (an io_uring request holds
- *    its own reference to the file, so it never touches a reused number);
- *    the file is released when the last of them completes.  Waiting
+ *    given to another file by then.  Operations the kernel has already
+ *    issued may complete on the file they hold (an io_uring request holds
+ *    its own reference to the file); the file is released when the last
+ *    of them completes.  One that is only queued, or linked behind another
+ *    and not issued yet, looks the number up later: the scheduler must
+ *    keep it from the number (not submit it, or name the file through the
+ *    ring's registered files).  Waiting
  *    instead would need the other thread's loop, which does not run while
  *    its root fiber is busy, or waits for something the closer holds.
  *  * Called by a blocking fiber (the thread's root fiber, say) for a fiber
