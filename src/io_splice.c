@@ -120,6 +120,11 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
         rb_off_t start = c->src_offset >= 0 ? c->src_offset : lseek(c->src_fptr->fd, 0, SEEK_CUR);
 
         if (start >= 0 && fstat(c->src_fptr->fd, &st) == 0) {
+            if (start > st.st_size && S_ISREG(c->dst_mode)) {
+                /* copy_file_range(2) is asked for the negative rest as a
+                 * size_t there, and refuses the offset overflow. */
+                return copy_failed(c, EOVERFLOW, "copy_file_range");
+            }
             c->length = st.st_size > start ? st.st_size - start : 0;
         }
     }

@@ -369,6 +369,48 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     assert(diffs.empty?, "IO.copy_stream differs under IO::Uring::Scheduler:\n#{diffs.join("\n")}")
   end
 
+  # A source offset or position past the end of a regular file: stock
+  # IO.copy_stream hands copy_file_range(2) the negative rest as a size_t
+  # (EOVERFLOW) when the destination is a file too, and copies nothing to
+  # anything else.
+  def test_source_past_the_end_of_the_file
+    path = new_path("src")
+    File.binwrite(path, "abc")
+    cases = {
+      "file to file, offset" => [:file, nil, 10, nil],
+      "file to file, position" => [:file, nil, nil, 10],
+      "file to file, length and offset" => [:file, 5, 10, nil],
+      "file to file, offset at the end" => [:file, nil, 3, nil],
+      "file to pipe, offset" => [:pipe, nil, 10, nil],
+      "file to pipe, position" => [:pipe, nil, nil, 10],
+      "file to unix, offset" => [:unix, nil, 10, nil],
+    }
+    run = proc do
+      cases.transform_values do |dst, length, offset, seek|
+        File.open(path, "rb") do |src|
+          src.seek(seek) if seek
+          if dst == :file
+            out = File.open(new_path("dst"), "wb")
+          else
+            peer, out = stream_pair(dst)
+          end
+          begin
+            [IO.copy_stream(src, out, length, offset), src.pos]
+          rescue SystemCallError => e
+            [e.class, e.message]
+          ensure
+            [peer, out].each { |io| io&.close }
+          end
+        end
+      end
+    end
+    ours = in_fiber { run.call }
+    plain = Thread.new { run.call }.value
+    assert_equal([Errno::EOVERFLOW, "Value too large for defined data type - copy_file_range"],
+                 plain["file to file, offset"], "the stock path")
+    assert_equal(plain, ours)
+  end
+
   # 3. ---------------------------------------------------------------
 
   def test_append_destination
