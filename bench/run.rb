@@ -1,77 +1,157 @@
 # frozen_string_literal: true
 #
-# Run the ping-pong workloads side by side and report ratios.
+# Run the ping-pong workloads (bench/pingpong.rb) side by side and report
+# medians and ratios.
 #
 #   ruby bench/run.rb [--runs N] [--groups G] [--iterations I] [--size S]
+#                     [--only REGEX]
 #
 # Uses build/stock/ruby (with the async and io-event gems: bench/setup.sh)
 # for the peers and build/ruby for IO::Uring::Scheduler once it exists.
-# Every case runs N times (best of N) in this one run, so the figures compare
-# like with like.  Writes bench/results/pingpong.csv and, when gnuplot is
-# installed, bench/results/pingpong.png.
+# N runs (default 5) interleaved in this one run: run 1 of every transport
+# and case, then run 2, ..., so the figures compare like with like.  Per
+# transport, a markdown table: the median wall-clock seconds of the
+# exchange (as pingpong.rb times it) and their range; the median CPU seconds
+# of the whole child process (user + sys, from Process.times' cutime and
+# cstime around Process.spawn and Process.wait2, so the interpreter's start
+# and requires are in it) and their range, and that median per round trip;
+# the ratio of the baseline's median seconds to the case's (higher is
+# faster).  --only selects cases by name (case-insensitive).  Writes the
+# medians to bench/results/pingpong.csv and, when gnuplot is installed, a
+# chart of them to bench/results/pingpong.png.
 require "optparse"
 require "fileutils"
 
 top = File.expand_path("..", __dir__)
-opts = { runs: 3, groups: 50, iterations: 5000, size: 1024 }
+opts = { runs: 5, groups: 50, iterations: 5000, size: 1024, only: nil }
 OptionParser.new do |o|
   o.on("--runs N", Integer) { |v| opts[:runs] = v }
   o.on("--groups N", Integer) { |v| opts[:groups] = v }
   o.on("--iterations N", Integer) { |v| opts[:iterations] = v }
   o.on("--size N", Integer) { |v| opts[:size] = v }
+  o.on("--only REGEX", "cases whose name matches") { |v| opts[:only] = Regexp.new(v, Regexp::IGNORECASE) }
 end.parse!
+abort "bench: --runs must be at least 1" if opts[:runs] < 1
 
 stock = File.join(top, "build/stock/ruby/bin/ruby")
 patched = File.join(top, "build/ruby/bin/ruby")
 abort "bench: build the stock ruby first (make stock; bench/setup.sh)" unless File.executable?(stock)
 env = { "RUBY_TEST_SCHEDULER" => File.join(top, "build/stock/src/test/fiber/scheduler.rb") }
 
-CASES = [
-  ["CRuby test scheduler", stock, "test-scheduler"],
+BASELINE = "CRuby test scheduler"
+TRANSPORTS = %w[pipe socketpair].freeze
+cases = [
+  [BASELINE, stock, "test-scheduler"],
   ["Async + io-event EPoll", stock, "async-epoll"],
   ["Async + io-event URing", stock, "async-uring"],
   ["Threads", stock, "threads"],
   ["IO::Uring::Scheduler", patched, "uring"],
-].freeze
-BASELINE = "CRuby test scheduler"
+]
+cases.select! { |name, _, _| name.match?(opts[:only]) } if opts[:only]
+abort "bench: --only matches no case" if cases.empty?
 
+Run = Struct.new(:seconds, :cpu, :error)
+
+# One run of pingpong.rb: its seconds and the child's CPU seconds.
 def measure(env, ruby, mode, transport, opts)
   args = [ruby, File.join(__dir__, "pingpong.rb"), mode, transport,
           opts[:groups], opts[:iterations], opts[:size]].map(&:to_s)
-  out = IO.popen(env, args, err: File::NULL, &:read)
-  $?.success? ? Float(out.lines.last) : nil
-rescue ArgumentError, TypeError
-  nil
+  out_r, out_w = IO.pipe
+  err_r, err_w = IO.pipe
+  before = Process.times
+  pid = Process.spawn(env, *args, out: out_w, err: err_w)
+  out_w.close
+  err_w.close
+  err = Thread.new { err_r.read }
+  out = out_r.read
+  _, status = Process.wait2(pid)
+  after = Process.times
+  cpu = (after.cutime - before.cutime) + (after.cstime - before.cstime)
+  err = err.value
+  unless status.success?
+    tail = err.lines.last(6).join.strip
+    return Run.new(nil, nil, tail.empty? ? status.to_s : tail)
+  end
+  Run.new(Float(out.lines.last), cpu, nil)
+rescue ArgumentError, TypeError, SystemCallError => e
+  Run.new(nil, nil, "#{e.class}: #{e.message}")
+ensure
+  [out_r, err_r].each { |io| io&.close unless io&.closed? }
 end
 
-results = {}
-%w[pipe socketpair].each do |transport|
-  CASES.each do |name, ruby, mode|
-    times = opts[:runs].times.map { measure(env, ruby, mode, transport, opts) }
-    results[[transport, name]] = times.all? ? times.min : nil
-  end
+def median(values)
+  s = values.sort
+  s.size.odd? ? s[s.size / 2] : (s[s.size / 2 - 1] + s[s.size / 2]) / 2.0
 end
 
-puts format("ping-pong, %d groups x 2 fibers x %d x %d bytes, best of %d",
-            opts[:groups], opts[:iterations], opts[:size], opts[:runs])
-puts format("%-26s %14s %8s %14s %8s", "", "pipe (s)", "ratio", "socketpair (s)", "ratio")
-CASES.each do |name, _, _|
-  cells = %w[pipe socketpair].flat_map do |transport|
-    t = results[[transport, name]]
-    base = results[[transport, BASELINE]]
-    t ? [format("%.3f", t), format("%.2fx", base / t)] : ["n/a", ""]
+results = Hash.new { |h, k| h[k] = [] }
+opts[:runs].times do
+  TRANSPORTS.each do |transport|
+    cases.each do |name, ruby, mode|
+      r = measure(env, ruby, mode, transport, opts)
+      results[[transport, name]] << r
+      $stderr.print(r.error ? "x" : ".")
+    end
   end
-  puts format("%-26s %14s %8s %14s %8s", name, *cells)
 end
-puts "(ratio: speed relative to #{BASELINE}; higher is faster)"
+$stderr.puts
+
+round_trips = opts[:groups] * opts[:iterations]
+medians = {}
+TRANSPORTS.each do |transport|
+  puts format("### ping-pong, %s: %d groups x 2 fibers x %d x %d bytes, %d run(s) interleaved",
+              transport, opts[:groups], opts[:iterations], opts[:size], opts[:runs])
+  puts
+  puts "| case | s median | s range | CPU s median | CPU s range | CPU µs/round trip | vs #{BASELINE} |"
+  puts "|---|---:|---:|---:|---:|---:|---:|"
+  failures = []
+  cases.each do |name, _, _|
+    runs = results[[transport, name]]
+    runs.each_with_index { |r, i| failures << [name, i + 1, r.error] if r.error }
+    ok = runs.reject(&:error)
+    next if ok.empty?
+
+    medians[[transport, name]] = [median(ok.map(&:seconds)), median(ok.map(&:cpu))]
+  end
+  base = medians[[transport, BASELINE]]&.first
+  cases.each do |name, _, _|
+    runs = results[[transport, name]]
+    ok = runs.reject(&:error)
+    if ok.empty?
+      puts "| #{name} | failed | | | | | |"
+      next
+    end
+    seconds = ok.map(&:seconds)
+    cpu = ok.map(&:cpu)
+    t, c = medians[[transport, name]]
+    note = ok.size < runs.size ? " (#{runs.size - ok.size} of #{runs.size} runs failed)" : ""
+    puts format("| %s%s | %.3f | %.3f–%.3f | %.3f | %.3f–%.3f | %.2f | %s |", name, note,
+                t, seconds.min, seconds.max, c, cpu.min, cpu.max, c * 1e6 / round_trips,
+                base ? format("%.2fx", base / t) : "n/a")
+  end
+  puts
+  puts "(s: wall clock of the exchange; CPU: user + sys of the whole child process, " \
+       "start included; ratio: #{BASELINE}'s median seconds over the case's, higher is faster)"
+  failures.each do |name, run, error|
+    puts
+    puts "failed: #{name}, run #{run}:"
+    puts error.lines.map { |l| "    #{l.chomp}" }
+  end
+  puts
+end
 
 dir = File.join(__dir__, "results")
 FileUtils.mkdir_p(dir)
 csv = File.join(dir, "pingpong.csv")
 File.open(csv, "w") do |f|
-  f.puts "case,pipe,socketpair"
-  CASES.each { |name, _, _| f.puts [name, results[["pipe", name]], results[["socketpair", name]]].join(",") }
+  f.puts "case,pipe,socketpair,pipe_cpu,socketpair_cpu"
+  cases.each do |name, _, _|
+    pipe = medians[["pipe", name]] || []
+    pair = medians[["socketpair", name]] || []
+    f.puts [name, *[pipe[0], pair[0], pipe[1], pair[1]].map { |v| v && format("%.4f", v) }].join(",")
+  end
 end
+puts "medians: #{csv}"
 if system("command -v gnuplot >/dev/null")
   png = File.join(dir, "pingpong.png")
   script = <<~GNUPLOT
@@ -82,8 +162,8 @@ if system("command -v gnuplot >/dev/null")
     set style data histograms
     set style histogram clustered gap 1
     set style fill solid border -1
-    set ylabel 'seconds, log scale (lower is better)'
-    set title 'ping-pong, #{opts[:groups]} groups x #{opts[:iterations]} x #{opts[:size]} B'
+    set ylabel 'median seconds, log scale (lower is better)'
+    set title 'ping-pong, #{opts[:groups]} groups x #{opts[:iterations]} x #{opts[:size]} B, median of #{opts[:runs]}'
     set xtics rotate by -20
     set logscale y
     plot '#{csv}' using 2:xtic(1), '' using 3
