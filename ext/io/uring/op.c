@@ -113,3 +113,16 @@ hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
     hook_check(h);
     return result;
 }
+
+/* Block the hook's fiber until `fd` is ready for `mask` (a descriptor
+ * that answered EAGAIN).  Returns the poll's result: the ready events or
+ * a negated errno. */
+int32_t
+hook_poll(struct uring_scheduler *s, struct io_hook *h, int fd, int mask)
+{
+    struct uring_op op = {0};
+
+    hook_check(h);
+    io_uring_prep_poll_add(op_sqe(s, &op), fd, mask);
+    return hook_wait(s, h, &op);
+}

@@ -2,8 +2,11 @@
 
   io/uring/splice.c - #io_splice of IO::Uring::Scheduler.
 
-  Linked IORING_OP_SPLICE pairs through the scheduler's pool of pipes
-  (1 MiB each where the system allows), two pipefuls in flight per call.
+  Between pipes and sockets: splice(2) itself, non-blocking, through a
+  pipe of the scheduler's pool, a poll on the ring when a side is not
+  ready.  With a regular file at either end: linked IORING_OP_SPLICE
+  pairs (run by io_uring's workers, as disk I/O may block), two pipefuls
+  in flight per call.
 
 **********************************************************************/
 
@@ -103,6 +106,7 @@ struct splice_args {
     int from_ix, to_ix;
     unsigned char fixed;            /* IOSQE_FIXED_FILE, for `to` */
     unsigned int from_fixed;        /* SPLICE_F_FD_IN_FIXED, for `from` */
+    int direct;                     /* pipes and sockets: splice_direct() */
 };
 
 /* A sparse table of registered files for the ring (kernel 5.19), in pairs
@@ -430,10 +434,80 @@ splice_transfer(VALUE ptr)
     }
 }
 
+/*
+ * Between two pipes or sockets: splice(2) itself, non-blocking, through
+ * one pipe of the pool, and a poll on the ring when a side is not ready.
+ * IORING_OP_SPLICE always runs in an io-wq worker thread (the kernel
+ * forces it async), a thread hop per splice; these descriptors cannot
+ * block the thread, so the data moves inline and the ring only waits.
+ * Every splice(2) follows a hook_check(): after an IO#close from another
+ * thread the number is not used again.  Bytes are returned once the source
+ * gives less than a pipeful (or `length` is reached) and the pipe is
+ * empty.
+ */
+static VALUE
+splice_direct(struct splice_args *a)
+{
+    struct uring_scheduler *s = a->s;
+    struct splice_pipe *p = &a->pipes[0];
+    size_t left = 0;            /* in the pipe */
+    int drained = 0;            /* the source gave less than asked */
+    ssize_t n;
+
+    if (pipe_take(s, p) < 0) return Qnil;   /* out of descriptors: ruby's loop */
+    a->dirty[0] = 0;
+    for (;;) {
+        hook_check(&a->hook);
+        if (left > 0) {
+            n = splice(p->fds[0], NULL, a->to, NULL, left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                left -= n;
+                a->done += n;
+                if (left == 0) a->dirty[0] = 0;
+            }
+            else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                int32_t r = hook_poll(s, &a->hook, a->to, POLLOUT);
+                if (r < 0 && r != -EINTR && r != -ECANCELED) return INT2NUM(r);
+            }
+            else if (n == 0 || errno != EINTR) {
+                return INT2NUM(n < 0 ? -errno : -EIO);  /* the pipe keeps what was read */
+            }
+            continue;
+        }
+        if (a->done > 0 && (drained || a->done >= a->length)) return SIZET2NUM(a->done);
+
+        n = splice(a->from, NULL, p->fds[1], NULL,
+                   a->length - a->done < p->capacity ? a->length - a->done : p->capacity,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            drained = (size_t)n < p->capacity && (size_t)n < a->length - a->done;
+            left = n;
+            a->dirty[0] = 1;
+        }
+        else if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (splice_at_urgent_mark_p(a->from)) return a->done > 0 ? SIZET2NUM(a->done) : Qnil;
+            if (a->done > 0) return SIZET2NUM(a->done);
+            if (n == 0) return INT2FIX(0);
+            {
+                int32_t r = hook_poll(s, &a->hook, a->from, POLLIN);
+                if (r < 0 && r != -EINTR && r != -ECANCELED) return INT2NUM(r);
+            }
+        }
+        else if (errno != EINTR) {
+            int e = errno;
+            if (a->done == 0 && splice_refused_p(-e)) return Qnil;
+            return INT2NUM(-e);
+        }
+    }
+}
+
 static VALUE
 splice_body(VALUE ptr)
 {
-    splice_files_take((struct splice_args *)ptr);
+    struct splice_args *a = (struct splice_args *)ptr;
+
+    if (a->direct) return splice_direct(a);
+    splice_files_take(a);
     return splice_transfer(ptr);
 }
 
@@ -466,27 +540,32 @@ splice_leave(VALUE ptr)
 /*
  *  call-seq: io_splice(from, from_offset, to, to_offset, length) -> copied length, 0, -errno or nil
  *
- *  Copies up to +length+ bytes from +from+ to +to+ with IORING_OP_SPLICE
- *  through pipes of the scheduler's pool (1 MiB each where the system
- *  allows): no byte is copied to user space.  Up to two pipefuls are in
- *  flight in one submission, as a chain of linked splices; a descriptor
- *  that is not ready is waited for with IORING_OP_POLL_ADD.  A regular
- *  file read at its position is read at explicit offsets, and its position
- *  is then set just past the bytes written to +to+.  Returns the bytes
- *  copied (at least one), 0 at end of file, a negated errno, or nil
- *  (nothing copied) for a destination opened with O_APPEND or O_DIRECT, a
- *  descriptor splice(2) does not support, or a TCP source at urgent data
- *  (MSG_OOB), which splice(2) does not step over and read(2) does.  While
- *  the call lasts, the operations name +from+ and +to+ through the ring's
- *  table of registered files, so an IO#close from another thread (which
- *  does not wait for this fiber) cannot redirect them to a file that
- *  reuses a number.  See Fiber::Scheduler#io_splice.
+ *  Copies up to +length+ bytes from +from+ to +to+ through a pipe of the
+ *  scheduler's pool (1 MiB each where the system allows): no byte is
+ *  copied to user space.  Between pipes and sockets, with splice(2) itself,
+ *  non-blocking: IORING_OP_SPLICE always runs in one of io_uring's worker
+ *  threads, a thread hop per splice that these descriptors do not need; a
+ *  side that is not ready is waited for with IORING_OP_POLL_ADD.  With a
+ *  regular file at either end, whose reads and writes may wait for the
+ *  disk, with IORING_OP_SPLICE: up to two pipefuls in flight in one
+ *  submission, as a chain of linked splices.  A regular file read at its
+ *  position is read at explicit offsets, and its position is then set just
+ *  past the bytes written to +to+.  Returns the bytes copied (at least
+ *  one), 0 at end of file, a negated errno, or nil (nothing copied) for a
+ *  destination opened with O_APPEND or O_DIRECT, a descriptor splice(2)
+ *  does not support, or a TCP source at urgent data (MSG_OOB), which
+ *  splice(2) does not step over and read(2) does.  Linked operations
+ *  name +from+ and +to+ through the ring's table of registered files, and
+ *  every splice(2) follows a check for IO#close, so an IO#close from
+ *  another thread (which does not wait for this fiber) cannot redirect the
+ *  copy to a file that reuses a number.  See Fiber::Scheduler#io_splice.
  */
 VALUE
 scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length)
 {
     struct splice_args a;
     struct stat st;
+    mode_t from_mode;
     int flags, k;
 
     memset(&a, 0, sizeof(a));
@@ -506,14 +585,24 @@ scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE t
     if (flags & O_DIRECT) return Qnil;     /* nor would a pipeful be aligned */
 #endif
 
-    /* Bytes read from a file but not written (EPIPE, an interrupt) must
-     * not move its position: read it at offsets, set the position after. */
-    if (a.from_offset < 0 && fstat(a.from, &st) == 0 && S_ISREG(st.st_mode)) {
-        off_t position = lseek(a.from, 0, SEEK_CUR);
-        if (position >= 0) {
-            a.from_offset = position;
-            a.advance_from = 1;
+    from_mode = fstat(a.from, &st) == 0 ? st.st_mode : 0;
+    if (S_ISREG(from_mode)) {
+        /* Bytes read from a file but not written (EPIPE, an interrupt)
+         * must not move its position: read it at offsets, set the
+         * position after. */
+        if (a.from_offset < 0) {
+            off_t position = lseek(a.from, 0, SEEK_CUR);
+            if (position >= 0) {
+                a.from_offset = position;
+                a.advance_from = 1;
+            }
         }
+    }
+    else if (a.from_offset < 0 && a.to_offset < 0) {
+        /* A file's reads and writes may wait for the disk: those stay on
+         * the ring's workers.  Pipes and sockets never block the thread. */
+        a.direct = fstat(a.to, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) &&
+            (S_ISFIFO(from_mode) || S_ISSOCK(from_mode));
     }
 
     for (k = 0; k < SPLICE_CHUNKS; k++) a.pipes[k].fds[0] = a.pipes[k].fds[1] = -1;

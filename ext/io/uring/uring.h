@@ -173,6 +173,7 @@ void op_cancel(struct uring_scheduler *s, struct uring_op *op);
 void op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op);
 void timer_cancel(struct uring_scheduler *s, struct uring_op *timer);
 int32_t hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op);
+int32_t hook_poll(struct uring_scheduler *s, struct io_hook *h, int fd, int mask);
 
 /* io.c */
 VALUE scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout);

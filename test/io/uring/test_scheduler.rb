@@ -185,6 +185,72 @@ class TestIOUringScheduler < Test::Unit::TestCase
     b&.close
   end
 
+  # Sockets are read and written with IORING_OP_RECV/SEND; other IOs that
+  # ruby marks duplex (a terminal, a popen pipe) answer ENOTSOCK to those
+  # and must still work.  Every result as without a scheduler (pread on a
+  # stream is ESPIPE, not a read at the current position).
+  def test_socket_and_other_duplex_ios
+    require 'pty'
+    run = proc do
+      results = {}
+      UNIXSocket.pair do |a, b|
+        a.write("ping")
+        results[:unix] = [b.read(4), b.write("pong"), a.read(4)]
+        b.close
+        results[:unix_eof] = [a.read(1), a.read]
+      end
+      server = TCPServer.new("127.0.0.1", 0)
+      c = TCPSocket.new("127.0.0.1", server.local_address.ip_port)
+      d = server.accept
+      c.write("x" * 100_000)
+      results[:tcp] = d.read(100_000).bytesize
+      d.close
+      results[:tcp_epipe] = begin
+        5.times { c.write("y" * 65536) }
+        :written
+      rescue SystemCallError => e
+        e.class
+      end
+      results[:pread] = begin
+        c.pread(1, 0)
+      rescue SystemCallError, EOFError => e
+        e.class
+      end
+      results[:pwrite] = begin
+        c.pwrite("z", 0)
+      rescue SystemCallError => e
+        e.class
+      end
+      [c, server].each(&:close)
+      IO.pipe do |r, w|
+        w.write("abc")
+        results[:pipe_pread] = (r.pread(1, 0) rescue $!.class)
+        results[:pipe_pwrite] = (w.pwrite("d", 0) rescue $!.class)
+        results[:pipe_read] = r.read(3)
+      end
+      PTY.open do |master, slave|
+        slave.write("tty\n")
+        results[:pty] = master.readpartial(100)
+        master.write("back\n")
+        results[:pty_back] = slave.gets
+      end
+      IO.popen(["cat"], "r+") do |io|
+        io.write("popen")
+        io.close_write
+        results[:popen] = io.read
+      end
+      results
+    end
+    plain = Thread.new { run.call }.value
+    ours = nil
+    run_scheduler { Fiber.schedule { ours = run.call } }
+    assert_equal(["ping", 4, "pong"], plain[:unix])
+    assert_equal(Errno::EPIPE, plain[:tcp_epipe])
+    assert_equal(Errno::ESPIPE, plain[:pread])
+    assert_equal("popen", plain[:popen])
+    assert_equal(plain, ours)
+  end
+
   def test_io_select
     result = []
     IO.pipe do |r, w|
