@@ -3,8 +3,9 @@
   io/uring/io.c - stream I/O hooks of IO::Uring::Scheduler.
 
   #io_wait (IORING_OP_POLL_ADD with a linked timeout), #io_read,
-  #io_write, #io_pread and #io_pwrite (IORING_OP_READ/WRITE straight into
-  the IO::Buffer), and #io_select (a poll per descriptor and a timer).
+  #io_write, #io_pread and #io_pwrite (IORING_OP_READ/WRITE, RECV/SEND on
+  sockets, straight into the IO::Buffer), and #io_select (a poll per
+  descriptor and a timer).
 
 **********************************************************************/
 
@@ -230,8 +231,9 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
  *  call-seq: io_read(io, buffer, length, offset) -> read length or -errno
  *
  *  Reads at least +length+ bytes (unless end of file) from +io+ into
- *  +buffer+ at +offset+ with IORING_OP_READ, straight into the buffer's
- *  memory.  Returns the number of bytes read, or a negated errno.
+ *  +buffer+ at +offset+ with IORING_OP_READ (IORING_OP_RECV for a
+ *  socket), straight into the buffer's memory.  Returns the number of
+ *  bytes read, or a negated errno.
  */
 VALUE
 scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)
@@ -243,7 +245,7 @@ scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset
  *  call-seq: io_write(io, buffer, length, offset) -> written length or -errno
  *
  *  Writes at least +length+ bytes of +buffer+ from +offset+ to +io+ with
- *  IORING_OP_WRITE.
+ *  IORING_OP_WRITE (IORING_OP_SEND for a socket).
  */
 VALUE
 scheduler_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)
@@ -254,7 +256,8 @@ scheduler_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offse
 /*
  *  call-seq: io_pread(io, buffer, from, length, offset) -> read length or -errno
  *
- *  Like #io_read, at file offset +from+, leaving the file position alone.
+ *  Like #io_read, at file offset +from+, leaving the file position alone
+ *  (IORING_OP_READ); -ESPIPE for a pipe or a socket, as pread(2).
  */
 VALUE
 scheduler_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset)
@@ -265,7 +268,8 @@ scheduler_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length,
 /*
  *  call-seq: io_pwrite(io, buffer, from, length, offset) -> written length or -errno
  *
- *  Like #io_write, at file offset +from+, leaving the file position alone.
+ *  Like #io_write, at file offset +from+, leaving the file position alone
+ *  (IORING_OP_WRITE); -ESPIPE for a pipe or a socket, as pwrite(2).
  */
 VALUE
 scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset)
