@@ -2,7 +2,7 @@
 
   io/uring/splice.c - #io_splice of IO::Uring::Scheduler.
 
-  Between pipes and sockets: splice(2) itself, non-blocking, through a
+  Between non-blocking pipes and sockets: splice(2) itself, through a
   pipe of the scheduler's pool, a poll on the ring when a side is not
   ready.  With a regular file at either end: linked IORING_OP_SPLICE
   pairs (run by io_uring's workers, as disk I/O may block), two pipefuls
@@ -542,13 +542,13 @@ splice_leave(VALUE ptr)
  *
  *  Copies up to +length+ bytes from +from+ to +to+ through a pipe of the
  *  scheduler's pool (1 MiB each where the system allows): no byte is
- *  copied to user space.  Between pipes and sockets, with splice(2) itself,
- *  non-blocking: IORING_OP_SPLICE always runs in one of io_uring's worker
+ *  copied to user space.  Between non-blocking pipes and sockets (all
+ *  that ruby makes), with splice(2) itself: IORING_OP_SPLICE always runs in one of io_uring's worker
  *  threads, a thread hop per splice that these descriptors do not need; a
  *  side that is not ready is waited for with IORING_OP_POLL_ADD.  With a
  *  regular file at either end, whose reads and writes may wait for the
- *  disk, with IORING_OP_SPLICE: up to two pipefuls in flight in one
- *  submission, as a chain of linked splices.  A regular file read at its
+ *  disk, or a blocking descriptor, with IORING_OP_SPLICE: up to two
+ *  pipefuls in flight in one submission, as a chain of linked splices.  A regular file read at its
  *  position is read at explicit offsets, and its position is then set just
  *  past the bytes written to +to+.  Returns the bytes copied (at least
  *  one), 0 at end of file, a negated errno, or nil (nothing copied) for a
@@ -598,10 +598,15 @@ scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE t
             }
         }
     }
-    else if (a.from_offset < 0 && a.to_offset < 0) {
-        /* A file's reads and writes may wait for the disk: those stay on
-         * the ring's workers.  Pipes and sockets never block the thread. */
-        a.direct = fstat(a.to, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) &&
+    else if (a.from_offset < 0 && a.to_offset < 0 && (flags & O_NONBLOCK)) {
+        /* A file's reads and writes may wait for the disk, and a blocking
+         * socket's splice(2) would wait in the kernel, the whole thread
+         * with it: those stay on the ring's workers.  Non-blocking pipes
+         * and sockets (all that ruby makes) never block the thread. */
+        int from_flags = fcntl(a.from, F_GETFL);
+
+        a.direct = from_flags >= 0 && (from_flags & O_NONBLOCK) &&
+            fstat(a.to, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) &&
             (S_ISFIFO(from_mode) || S_ISSOCK(from_mode));
     }
 

@@ -369,6 +369,36 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     assert(diffs.empty?, "IO.copy_stream differs under IO::Uring::Scheduler:\n#{diffs.join("\n")}")
   end
 
+  # A blocking TCP socket (IO#nonblock = false) would make splice(2) wait
+  # in the kernel with the whole thread (SPLICE_F_NONBLOCK covers only the
+  # pipe there): its copies stay on the ring, and the
+  # other fibers run while the copy waits.
+  def test_blocking_socket_source_leaves_the_thread_free
+    assert_separately(%w[-rio/uring -rsocket -rio/nonblock], <<~'RUBY', timeout: 30)
+      server = TCPServer.new("127.0.0.1", 0)
+      b = TCPSocket.new("127.0.0.1", server.local_address.ip_port)
+      a = server.accept
+      server.close
+      a.nonblock = false
+      r, w = IO.pipe
+      ticks = 0
+      copied = nil
+      Thread.new do
+        Fiber.set_scheduler(IO::Uring::Scheduler.new)
+        Fiber.schedule { copied = IO.copy_stream(a, w) }
+        Fiber.schedule do
+          5.times { sleep 0.01; ticks += 1 }
+          b.write("data")
+          b.close
+        end
+      end.join
+      w.close
+      assert_equal(5, ticks)
+      assert_equal(4, copied)
+      assert_equal("data", r.read)
+    RUBY
+  end
+
   # A source offset or position past the end of a regular file: stock
   # IO.copy_stream hands copy_file_range(2) the negative rest as a size_t
   # (EOVERFLOW) when the destination is a file too, and copies nothing to
