@@ -6,8 +6,8 @@
 #   make test-nouring     `make test` with io_uring disabled at runtime
 #   make stock            unpatched ruby in build/stock/ruby, for comparisons
 #   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree)
-#   make CONFIGURE_ARGS=--disable-io-uring BUILD=build-nouring
-#                         a patched ruby with no io_uring code at all
+#   make CONFIGURE_ARGS=--without-liburing BUILD=build-nouring
+#                         a patched ruby without IO::Uring::Scheduler
 #
 # Nothing is downloaded but Debian source packages, fetched once with apt-get
 # into $(CACHE).
@@ -45,7 +45,7 @@ TESTOPTS ?= -j$(JOBS)
 EXCLUDE_OPTS := -X $(TREE)/test/.excludes-root
 
 CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
-	$(if $(filter --disable-io-uring --without-liburing --with-liburing=%,$(CONFIGURE_ARGS)),,--with-liburing=$(LIBURING)) \
+	$(if $(filter --without-liburing --with-liburing-dir=%,$(CONFIGURE_ARGS)),,--with-liburing-dir=$(LIBURING)) \
 	$(CONFIGURE_ARGS)
 
 .PHONY: all deps liburing tree configure ruby stock test test-all test-nouring clean distclean
@@ -119,7 +119,7 @@ test-all: ruby
 
 # io_uring refused by the kernel (as with io_uring_disabled=2 or a seccomp
 # filter).  As root this flips the real sysctl for the run and restores it;
-# otherwise RUBY_IO_URING=0 makes ruby's probe fail the same way.
+# otherwise RUBY_IO_URING=0 makes IO::Uring::Scheduler.new fail the same way.
 test-nouring: ruby
 	@$(TOP)/tools/without-io-uring.sh $(MAKE) -C $(OBJ) test-all \
 	    TESTS="$(OUR_TESTS) $(TOUCHED_SUITES)" TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"

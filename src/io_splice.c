@@ -2,7 +2,7 @@
 
   io_splice.c - IO.copy_stream without user space buffers: through
                 Fiber::Scheduler#io_splice, or with splice(2) on the
-                thread's io_uring.
+                copying thread, the GVL released.
 
 **********************************************************************/
 
@@ -21,10 +21,14 @@
 #include "ruby/ruby.h"
 #include "internal/io.h"
 #include "ruby/fiber/scheduler.h"
+#include "ruby/thread.h"
 #include "internal/io_splice.h"
-#include "internal/io_uring.h"
 struct rb_execution_context_struct; /* for internal/thread.h */
 #include "internal/thread.h"
+
+/* Cleared by tests (ext/-test-/io_splice) to make the ordinary loop the
+ * reference for the same copies. */
+int rb_io_copy_stream_splice_enabled = 1;
 
 #ifdef _WIN32
 
@@ -151,7 +155,7 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
     return RB_IO_SPLICE_DONE;
 }
 
-#if USE_IO_URING
+#if defined(__linux__) && defined(SPLICE_F_NONBLOCK)
 
 /*
  * splice(2) from a TCP socket stops at urgent data (MSG_OOB) and never
@@ -169,28 +173,6 @@ at_urgent_mark_p(int fd)
 /* What the copy's pipe is asked to hold: a round moves at most this much.
  * 1 MiB is the default pipe-max-size; a smaller pipe works, slower. */
 #define PIPE_CAPACITY (1 << 20)
-
-struct uring_copy {
-    struct rb_io_splice_copy *c;
-    struct io_uring *ring;
-    int pipe[2];
-    unsigned int capacity;
-    size_t pending;             /* in the pipe: read, not written yet */
-};
-
-enum uring_copy_step { STEP_POLL_IN, STEP_IN, STEP_POLL_OUT, STEP_OUT };
-
-static struct io_uring_sqe *
-uring_copy_sqe(struct uring_copy *u, struct rb_io_uring_op *ops, enum uring_copy_step *steps, int *n, enum uring_copy_step step)
-{
-    struct io_uring_sqe *sqe = rb_io_uring_sqe(u->ring, &ops[*n]);
-
-    /* The copy holds the ring, idle between rounds: room for a round is a
-     * bug if missing. */
-    if (!sqe) rb_bug("io_uring submission queue full in IO.copy_stream");
-    steps[(*n)++] = step;
-    return sqe;
-}
 
 /* Errors that mean "splice(2) does not do this descriptor", before any
  * byte has moved: the ordinary loop takes over. */
@@ -211,136 +193,6 @@ splice_refused_p(int error_no)
     return 0;
 }
 
-/*
- * Rounds of linked operations.  With the pipe empty: source -> pipe, hard
- * linked to pipe -> destination, so one submission moves a chunk unless
- * the source has less or the destination takes less; the second splice
- * does not wait on the pipe (SPLICE_F_NONBLOCK), so a short, empty or
- * failed first one costs nothing.  Bytes the destination did not take are
- * written by the next rounds before anything more is read.  A descriptor
- * that answers EAGAIN (Ruby's are non-blocking) gets an IORING_OP_POLL_ADD
- * linked in front of the next try.
- */
-static VALUE
-uring_copy_body(VALUE ptr)
-{
-    struct uring_copy *u = (struct uring_copy *)ptr;
-    struct rb_io_splice_copy *c = u->c;
-    int wait_in = 0, wait_out = 0, eof = 0;
-    unsigned int asked = 0;
-
-    for (;;) {
-        struct rb_io_uring_op ops[3];
-        enum uring_copy_step steps[3];
-        struct io_uring_sqe *sqe;
-        int n = 0, i, ret;
-
-        if (u->pending == 0 && (eof || c->length == 0)) return INT2FIX(RB_IO_SPLICE_DONE);
-        rb_io_check_closed(c->src_fptr);
-        rb_io_check_closed(c->dst_fptr);
-
-        if (u->pending == 0) {
-            unsigned int want = u->capacity;
-
-            if (c->length >= 0 && c->length < (rb_off_t)want) want = (unsigned int)c->length;
-            asked = want;
-            if (wait_in) {
-                sqe = uring_copy_sqe(u, ops, steps, &n, STEP_POLL_IN);
-                io_uring_prep_poll_add(sqe, c->src_fptr->fd, POLLIN);
-                sqe->flags |= IOSQE_IO_LINK;
-                wait_in = 0;
-            }
-            sqe = uring_copy_sqe(u, ops, steps, &n, STEP_IN);
-            io_uring_prep_splice(sqe, c->src_fptr->fd, -1, u->pipe[1], -1, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-            sqe->flags |= IOSQE_IO_HARDLINK;
-            sqe = uring_copy_sqe(u, ops, steps, &n, STEP_OUT);
-            io_uring_prep_splice(sqe, u->pipe[0], -1, c->dst_fptr->fd, -1, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        }
-        else {
-            if (wait_out) {
-                sqe = uring_copy_sqe(u, ops, steps, &n, STEP_POLL_OUT);
-                io_uring_prep_poll_add(sqe, c->dst_fptr->fd, POLLOUT);
-                sqe->flags |= IOSQE_IO_LINK;
-            }
-            sqe = uring_copy_sqe(u, ops, steps, &n, STEP_OUT);
-            io_uring_prep_splice(sqe, u->pipe[0], -1, c->dst_fptr->fd, -1, (unsigned int)u->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        }
-
-        ret = rb_io_uring_wait(u->ring, ops, n);
-
-        wait_out = 0;
-        for (i = 0; i < n; i++) {
-            int r = ops[i].done ? ops[i].result : -ECANCELED;
-
-            if (r == -ECANCELED || r == -EINTR) continue;
-            switch (steps[i]) {
-              case STEP_POLL_IN:
-              case STEP_POLL_OUT:
-                /* a mask: readiness, or an error the splice will report */
-                break;
-              case STEP_IN:
-                if (r > 0) {
-                    u->pending += r;
-                    if (c->length > 0) c->length -= r;
-                    /* A short read emptied the source: the next splice
-                     * would say EAGAIN, after a trip through a worker. */
-                    if ((unsigned int)r < asked) wait_in = 1;
-                }
-                else if ((r == 0 || r == -EAGAIN || r == -EWOULDBLOCK) &&
-                         S_ISSOCK(c->src_mode) && at_urgent_mark_p(c->src_fptr->fd)) {
-                    return INT2FIX(RB_IO_SPLICE_FALLBACK);  /* the pipe is empty */
-                }
-                else if (r == 0) {
-                    eof = 1;
-                }
-                else if (r == -EAGAIN || r == -EWOULDBLOCK) {
-                    wait_in = 1;
-                }
-                else if (splice_refused_p(-r) && u->pending == 0) {
-                    return INT2FIX(RB_IO_SPLICE_FALLBACK);
-                }
-                else {
-                    return INT2FIX(copy_failed(c, -r, "read"));
-                }
-                break;
-              case STEP_OUT:
-                if (r > 0) {
-                    u->pending -= r;
-                    c->total += r;
-                }
-                else if (r == -EAGAIN || r == -EWOULDBLOCK) {
-                    if (u->pending > 0) wait_out = 1;
-                }
-                else if (r < 0) {
-                    return INT2FIX(copy_failed(c, -r, "write"));
-                }
-                break;
-            }
-        }
-
-        if (ret == -EINTR) {
-            rb_thread_check_ints();
-        }
-        else if (ret < 0) {
-            /* The ring broke: the ordinary loop goes on, unless bytes are
-             * stranded in the pipe. */
-            if (u->pending == 0) return INT2FIX(RB_IO_SPLICE_FALLBACK);
-            return INT2FIX(copy_failed(c, -ret, "io_uring_enter"));
-        }
-    }
-}
-
-static VALUE
-uring_copy_release(VALUE ptr)
-{
-    struct uring_copy *u = (struct uring_copy *)ptr;
-
-    close(u->pipe[0]);
-    close(u->pipe[1]);
-    rb_io_uring_release(u->ring);
-    return Qnil;
-}
-
 static int
 splice_destination_p(const struct rb_io_splice_copy *c)
 {
@@ -358,65 +210,196 @@ splice_destination_p(const struct rb_io_splice_copy *c)
     return 1;
 }
 
-/* The thread is a user of both descriptors while its splices may be in
- * flight: IO#close from another thread interrupts it and waits, so no
- * splice can reach a descriptor number the close has given back. */
-static VALUE
-uring_copy_to(VALUE ptr)
-{
-    struct uring_copy *u = (struct uring_copy *)ptr;
+/* ---- splice(2) on the copying thread, the GVL released ---- */
 
-    return rb_thread_io_blocking_user_call(u->c->dst, uring_copy_body, ptr);
+enum direct_status { DIRECT_DONE, DIRECT_FAILED, DIRECT_FALLBACK, DIRECT_INTERRUPTED };
+
+struct direct_copy {
+    struct rb_io_splice_copy *c;
+    int src, dst;               /* descriptors, read once under the GVL */
+    int src_sock;
+    int pipe[2];
+    unsigned int capacity;
+    size_t pending;             /* bytes in the pipe */
+    int eof;
+    int src_poll_first, dst_poll_first;
+    enum direct_status status;
+};
+
+static int
+direct_wait(int fd, short events)
+{
+    struct pollfd pfd;
+
+    pfd.fd = fd;
+    pfd.events = events;
+    pfd.revents = 0;
+    return poll(&pfd, 1, -1);
+}
+
+/* Without the GVL.  Both descriptors are ruby's, non-blocking: a side
+ * that is not ready is waited for with poll(2), which the thread's
+ * unblocking function (a signal) interrupts.  A splice that moved less
+ * than it could found the socket or pipe drained (or full): the next turn
+ * polls first, one syscall instead of a splice that fails with EAGAIN. */
+static void *
+direct_copy_nogvl(void *ptr)
+{
+    struct direct_copy *d = ptr;
+    struct rb_io_splice_copy *c = d->c;
+    ssize_t n;
+
+    for (;;) {
+        while (d->pending > 0) {
+            if (d->dst_poll_first) {
+                d->dst_poll_first = 0;
+                if (direct_wait(d->dst, POLLOUT) < 0 && errno == EINTR) goto interrupted;
+            }
+            n = splice(d->pipe[0], NULL, d->dst, NULL, d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                d->pending -= n;
+                c->total += n;
+                d->dst_poll_first = d->pending > 0;
+            }
+            else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                d->dst_poll_first = 1;
+            }
+            else if (n < 0 && errno == EINTR) {
+                goto interrupted;
+            }
+            else {
+                c->error_no = n < 0 ? errno : EIO;
+                c->syserr = "write";
+                d->status = DIRECT_FAILED;
+                return NULL;
+            }
+        }
+        if (d->eof || c->length == 0) {
+            d->status = DIRECT_DONE;
+            return NULL;
+        }
+        if (d->src_poll_first) {
+            d->src_poll_first = 0;
+            if (direct_wait(d->src, POLLIN) < 0 && errno == EINTR) goto interrupted;
+        }
+        {
+            size_t want = d->capacity;
+
+            if (c->length >= 0 && c->length < (rb_off_t)want) want = (size_t)c->length;
+            n = splice(d->src, NULL, d->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                d->pending = n;
+                if (c->length > 0) c->length -= n;
+                d->src_poll_first = (size_t)n < want;
+                continue;
+            }
+        }
+        if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+            /* Out-of-band data stops a splice at the mark: the ordinary
+             * loop reads past it, as stock.  The pipe is empty here. */
+            if (d->src_sock && at_urgent_mark_p(d->src)) {
+                d->status = DIRECT_FALLBACK;
+                return NULL;
+            }
+            if (n == 0) d->eof = 1;
+            else d->src_poll_first = 1;
+            continue;
+        }
+        if (errno == EINTR) goto interrupted;
+        c->error_no = errno;
+        c->syserr = "read";
+        d->status = splice_refused_p(errno) ? DIRECT_FALLBACK : DIRECT_FAILED;
+        return NULL;
+    }
+
+  interrupted:
+    d->status = DIRECT_INTERRUPTED;
+    return NULL;
 }
 
 static VALUE
-uring_copy_from(VALUE ptr)
+direct_copy_body(VALUE ptr)
 {
-    struct uring_copy *u = (struct uring_copy *)ptr;
+    struct direct_copy *d = (struct direct_copy *)ptr;
 
-    /* Once per descriptor: IO#close interrupts each registration, and a
-     * second IOError for one close (copy_stream(sock, sock), an echo)
-     * would fire after the caller rescued the first. */
-    if (u->c->src_fptr->fd == u->c->dst_fptr->fd) {
-        return rb_thread_io_blocking_user_call(u->c->src, uring_copy_body, ptr);
+    for (;;) {
+        rb_io_check_closed(d->c->src_fptr);
+        rb_io_check_closed(d->c->dst_fptr);
+        d->src = d->c->src_fptr->fd;
+        d->dst = d->c->dst_fptr->fd;
+        d->status = DIRECT_INTERRUPTED;
+        rb_thread_call_without_gvl(direct_copy_nogvl, d, RUBY_UBF_IO, 0);
+        switch (d->status) {
+          case DIRECT_INTERRUPTED:
+            rb_thread_check_ints();
+            continue;
+          case DIRECT_DONE:
+            return INT2FIX(RB_IO_SPLICE_DONE);
+          case DIRECT_FALLBACK:
+            if (d->pending == 0) return INT2FIX(RB_IO_SPLICE_FALLBACK);
+            return INT2FIX(RB_IO_SPLICE_FAILED);
+          case DIRECT_FAILED:
+            return INT2FIX(RB_IO_SPLICE_FAILED);
+        }
     }
-    return rb_thread_io_blocking_user_call(u->c->src, uring_copy_to, ptr);
+}
+
+static VALUE
+direct_copy_release(VALUE ptr)
+{
+    struct direct_copy *d = (struct direct_copy *)ptr;
+
+    close(d->pipe[0]);
+    close(d->pipe[1]);
+    return Qnil;
+}
+
+static VALUE
+direct_copy_to(VALUE ptr)
+{
+    struct direct_copy *d = (struct direct_copy *)ptr;
+
+    return rb_thread_io_blocking_user_call(d->c->dst, direct_copy_body, ptr);
+}
+
+static VALUE
+direct_copy_from(VALUE ptr)
+{
+    struct direct_copy *d = (struct direct_copy *)ptr;
+
+    if (d->c->src_fptr->fd == d->c->dst_fptr->fd) {
+        return rb_thread_io_blocking_user_call(d->c->src, direct_copy_body, ptr);
+    }
+    return rb_thread_io_blocking_user_call(d->c->src, direct_copy_to, ptr);
 }
 
 int
 rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
 {
-    struct uring_copy u = {c, NULL, {-1, -1}, 0, 0};
+    struct direct_copy d;
     int size;
 
+    if (!rb_io_copy_stream_splice_enabled) return RB_IO_SPLICE_FALLBACK;
     /* Regular files are copy_file_range(2)'s and sendfile(2)'s; an offset
      * into a pipe or a socket is the ordinary loop's ESPIPE. */
     if (c->src_offset >= 0 || S_ISREG(c->src_mode) || !splice_stream_p(c->src_fptr, c->src_mode)) {
         return RB_IO_SPLICE_FALLBACK;
     }
     if (!splice_destination_p(c)) return RB_IO_SPLICE_FALLBACK;
-    if (!rb_io_uring_supported_p(IORING_OP_SPLICE) || !rb_io_uring_supported_p(IORING_OP_POLL_ADD)) {
-        return RB_IO_SPLICE_FALLBACK;
-    }
-    /* Held for the whole copy, from whichever native thread an M:N thread
-     * goes on on.  Busy (another Ruby thread on this native thread is
-     * copying with it) or unavailable: the ordinary loop copies. */
-    if (!(u.ring = rb_io_uring_get())) return RB_IO_SPLICE_FALLBACK;
-    if (pipe2(u.pipe, O_CLOEXEC) < 0) {
-        rb_io_uring_release(u.ring);
-        return RB_IO_SPLICE_FALLBACK;
-    }
 
+    memset(&d, 0, sizeof(d));
+    d.c = c;
+    d.src_sock = S_ISSOCK(c->src_mode);
+    if (pipe2(d.pipe, O_CLOEXEC) < 0) return RB_IO_SPLICE_FALLBACK;
     if (c->length < 0 || c->length > (1 << 16)) {
-        fcntl(u.pipe[1], F_SETPIPE_SZ, PIPE_CAPACITY);  /* best effort */
+        fcntl(d.pipe[1], F_SETPIPE_SZ, PIPE_CAPACITY);  /* best effort */
     }
-    size = fcntl(u.pipe[1], F_GETPIPE_SZ);
-    u.capacity = size > 0 ? (unsigned int)size : (1 << 16);
-
-    return FIX2INT(rb_ensure(uring_copy_from, (VALUE)&u, uring_copy_release, (VALUE)&u));
+    size = fcntl(d.pipe[1], F_GETPIPE_SZ);
+    d.capacity = size > 0 ? (unsigned int)size : (1 << 16);
+    return FIX2INT(rb_ensure(direct_copy_from, (VALUE)&d, direct_copy_release, (VALUE)&d));
 }
 
-#else /* !USE_IO_URING */
+#else /* no splice(2) */
 
 int
 rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
@@ -424,6 +407,6 @@ rb_io_copy_stream_splice(struct rb_io_splice_copy *c)
     return RB_IO_SPLICE_FALLBACK;
 }
 
-#endif /* USE_IO_URING */
+#endif /* splice(2) */
 
 #endif /* _WIN32 */

@@ -10,8 +10,7 @@
  *   Fiber::Scheduler#io_splice;
  * - rb_io_copy_stream_splice(): otherwise, when the source is a pipe or a
  *   socket (copy_file_range(2) and sendfile(2) serve regular files), with
- *   splice(2) through a pipe, as linked operations on the thread's
- *   io_uring.
+ *   splice(2) through a pipe, on the copying thread without the GVL.
  *
  * Both take and update a struct rb_io_splice_copy.  They return
  * RB_IO_SPLICE_DONE when the copy is complete (end of file, or the length
@@ -43,5 +42,11 @@ enum rb_io_splice_result {
 
 int rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *copy);
 int rb_io_copy_stream_splice(struct rb_io_splice_copy *copy);
+
+RUBY_SYMBOL_EXPORT_BEGIN
+/* Nonzero (the default) lets rb_io_copy_stream_splice() copy; tests clear
+ * it to compare with the ordinary loop. */
+extern int rb_io_copy_stream_splice_enabled;
+RUBY_SYMBOL_EXPORT_END
 
 #endif /* INTERNAL_IO_SPLICE_H */

@@ -6,10 +6,11 @@ require 'tmpdir'
 require 'fileutils'
 require 'digest'
 
-# IO.copy_stream with splice(2) on the thread's io_uring, compared with the
-# stock read/write/sendfile/copy_file_range loop: every case runs in this
-# process and in a child ruby with RUBY_IO_URING=0 (the stock path), and the
-# results must be the same.  The interruption tests run in this process only.
+# IO.copy_stream with splice(2) between pipes and sockets, compared with
+# the stock read/write/sendfile/copy_file_range loop: every case runs in
+# this process and in a child ruby whose splice path is switched off
+# (Bug::IOSplice, the stock path), and the results must be the same.  The
+# interruption tests run in this process only.
 class TestIOCopyStreamSplice < Test::Unit::TestCase
   # The cases, run as they are both here and in the child.
   CASES_LINE = __LINE__ + 2
@@ -329,7 +330,7 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
       def run_all
         Dir.mktmpdir("copy_stream_splice") do |dir|
           {
-            uring: uring_used_by_copy?,
+            splice: splice_used_by_copy?,
             matrix: run_matrix(dir),
             extra: EXTRA.keys.to_h {|group| [group, run_extra(dir, group)]},
             misc: run_misc,
@@ -375,25 +376,32 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
         [r, w].each {|io| io&.close}
       end
 
-      def ring_fds
+      def pipe_fds
         Dir.children("/proc/self/fd").select do |fd|
-          File.readlink("/proc/self/fd/#{fd}") == "anon_inode:[io_uring]" rescue false
+          File.readlink("/proc/self/fd/#{fd}").start_with?("pipe:") rescue false
         end
       end
 
-      # Whether a pipe to pipe copy in a new thread sets up a ring.
-      def uring_used_by_copy?
-        Thread.new do
-          r, w = IO.pipe
-          r2, w2 = IO.pipe
-          before = ring_fds
-          w.write("x")
-          w.close
-          IO.copy_stream(r, w2)
-          used = !(ring_fds - before).empty?
-          [r, r2, w2].each(&:close)
-          used
-        end.value
+      # Whether a pipe to pipe copy makes a pipe of its own (splice(2)'s)
+      # while it waits for its source.
+      def splice_used_by_copy?
+        r, w = IO.pipe
+        r2, w2 = IO.pipe
+        before = pipe_fds
+        th = Thread.new { IO.copy_stream(r, w2) }
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+        until th.status == "sleep" && (pipe_fds - before).size == 2 ||
+              Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+          sleep 0.01
+        end
+        sleep 0.1
+        used = (pipe_fds - before).size == 2
+        w.write("x")
+        w.close
+        th.join
+        used
+      ensure
+        [r, w, r2, w2].each {|io| io&.close}
       end
 
       def wait_until(what, timeout = 10)
@@ -599,22 +607,7 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     attr_accessor :stock_run
   end
 
-  # The first copy of a thread sets up its io_uring, which stays until the
-  # thread ends.
-  def self.set_up_ring
-    r, w = IO.pipe
-    r2, w2 = IO.pipe
-    w.write("x")
-    w.close
-    IO.copy_stream(r, w2)
-    [r, r2, w2].each(&:close)
-  end
-  # Before the test runner's own descriptor check starts.
-  set_up_ring
-
   def setup
-    # Before counting the descriptors (if tests run in another thread).
-    self.class.set_up_ring
     @dir = Dir.mktmpdir("test_copy_stream_splice")
     @fds = open_fds
   end
@@ -626,23 +619,17 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     assert_empty(wait_for_fds(@fds), "descriptors leaked")
   end
 
-  # Under M:N threads a ring belongs to a native thread of the pool, which
-  # outlives the Ruby threads that ran on it: not a leak.
-  MN_THREADS = RUBY_DESCRIPTION.include?("+MN")
-
   def open_fds
     # not the directory's own descriptor, whose number varies
-    fds = Dir.open("/proc/self/fd") {|dir| dir.children.map(&:to_i) - [dir.fileno]}.sort
-    return fds unless MN_THREADS
-    fds.reject {|fd| File.readlink("/proc/self/fd/#{fd}") == "anon_inode:[io_uring]" rescue false}
+    Dir.open("/proc/self/fd") {|dir| dir.children.map(&:to_i) - [dir.fileno]}.sort
   end
 
   def describe_fds(fds)
     fds.map {|fd| "#{fd}: #{File.readlink("/proc/self/fd/#{fd}") rescue "?"}"}
   end
 
-  # The descriptors open now and not in +fds+, once a thread's ring has had
-  # time to go with its native thread.
+  # The descriptors open now and not in +fds+, given a moment to be closed
+  # by threads that are ending.
   def wait_for_fds(fds)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
     loop do
@@ -656,8 +643,9 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
   # The results of every case in a child ruby on the stock path.
   def stock
     out, err, status = self.class.stock_run ||= EnvUtil.invoke_ruby(
-      [{"RUBY_IO_URING" => "0"}, "--disable-gems", "-"], CHILD_SCRIPT, true, true, timeout: 120)
-    assert_predicate(status, :success?, "the RUBY_IO_URING=0 child failed: #{status.inspect}\n#{err}")
+      ["--disable-gems", "-r-test-/io_splice", "-"],
+      "Bug::IOSplice.copy_stream_splice = false\n" + CHILD_SCRIPT, true, true, timeout: 120)
+    assert_predicate(status, :success?, "the reference child failed: #{status.inspect}\n#{err}")
     Marshal.load(out.unpack1("m0"))
   end
 
@@ -665,24 +653,11 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     CopyStreamCases
   end
 
-  # io_uring_setup(2) with parameters it has to reject (reserved fields
-  # set): EINVAL if the kernel lets us use io_uring, ENOSYS, EPERM
-  # (kernel.io_uring_disabled) or EACCES if not.
-  def kernel_io_uring?
-    fd = syscall(425, 1, "\1" * 120)
-    IO.for_fd(fd).close
-    true
-  rescue Errno::EINVAL
-    true
-  rescue SystemCallError, NotImplementedError
-    false
-  end
-
   def assert_same_as_stock(stock, ours)
     assert_equal(stock.keys.sort_by(&:inspect), ours.keys.sort_by(&:inspect))
     diffs = ours.filter_map do |key, result|
       next if stock[key] == result
-      "#{key.inspect}\n  RUBY_IO_URING=0: #{stock[key].inspect}\n  io_uring:       #{result.inspect}"
+      "#{key.inspect}\n  stock path: #{stock[key].inspect}\n  splice:     #{result.inspect}"
     end
     assert(diffs.empty?, "IO.copy_stream differs from the stock path:\n#{diffs.join("\n")}")
   end
@@ -718,24 +693,14 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
 
   def test_reference_child_is_on_the_stock_path
     stock_results = stock
-    assert_equal(false, stock_results[:uring], "the RUBY_IO_URING=0 child set up an io_uring")
+    assert_equal(false, stock_results[:splice], "the reference child spliced")
     assert_equal(cases.matrix.size, stock_results[:matrix].size)
     assert_model(stock_results[:matrix])
   end
 
-  def test_copy_stream_from_a_pipe_uses_io_uring
-    omit "io_uring is not used here" unless uring_expected?
-    # a new thread may run on a native thread that has its ring already
-    omit "rings belong to native threads under M:N threads" if MN_THREADS
-    assert_equal(true, cases.uring_used_by_copy?, "a pipe to pipe copy set up no io_uring")
-  end
-
-  # Built with io_uring, not turned off, and allowed by the kernel.  (The
-  # probe is io_uring_setup(2) itself: asking ruby would create this
-  # thread's ring before the copy does.)
-  def uring_expected?
-    require '-test-/io_uring'
-    Bug::IOUring::COMPILED && ENV["RUBY_IO_URING"] != "0" && kernel_io_uring?
+  def test_copy_stream_from_a_pipe_uses_splice
+    omit "splice(2) is Linux's" unless RUBY_PLATFORM.include?("linux")
+    assert_equal(true, cases.splice_used_by_copy?, "a pipe to pipe copy made no pipe of its own")
   end
 
   cases = CopyStreamCases
@@ -909,7 +874,7 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
   # read: the close interrupts it with IOError and releases the descriptor
   # only once no splice can reach it.
   def test_closed_by_another_thread_during_the_copy
-    omit "io_uring is not used here" unless uring_expected?
+    omit "splice(2) is Linux's" unless RUBY_PLATFORM.include?("linux")
     ours = cases.run_closing
     ours.each do |label, result|
       assert_nil(result[:hung], "#{label}: the copy hung")
@@ -924,7 +889,7 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
   # the source and of the destination, it got two, and the second fired
   # after the copy's caller had rescued the first.
   def test_echo_closed_by_another_thread
-    omit "io_uring is not used here" unless uring_expected?
+    omit "splice(2) is Linux's" unless RUBY_PLATFORM.include?("linux")
     a, b = UNIXSocket.pair
     th = Thread.new do
       IO.copy_stream(a, a)
@@ -948,17 +913,13 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     [a, b].each {|io| io&.close}
   end
 
-  # M:N threads take turns on a few native threads.  A copy holds its native
-  # thread's ring until it is done; another Ruby thread copying on the same
-  # native thread meanwhile takes the ordinary loop.  When they shared the
-  # ring, one reaped the other's completions, and the process froze in the
-  # cancellation of what it thought was still in flight, with the GVL held.
+  # M:N threads take turns on a few native threads; a copy waits in poll(2)
+  # without the GVL, and every other Ruby thread goes on meanwhile.
   def test_concurrent_copies_in_mn_threads
     assert_separately([{"RUBY_MN_THREADS" => "1"}], <<~'RUBY', timeout: 30)
       def other_fds
-        Dir.children("/proc/self/fd").map(&:to_i).sort.reject do |fd|
-          # the native threads' rings stay with them
-          File.readlink("/proc/self/fd/#{fd}").include?("io_uring") rescue true
+        Dir.children("/proc/self/fd").map(&:to_i).sort.select do |fd|
+          File.readlink("/proc/self/fd/#{fd}") rescue false
         end
       end
       fds = other_fds
@@ -993,9 +954,9 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     RUBY
   end
 
-  # A copy holds its ring between rounds, where a trap handler can run and
-  # fork: the child goes on with the copy on a ring of its own, and the
-  # parent with its ring.
+  # A trap handler runs in the copy when its poll(2) is interrupted, and
+  # can fork: the child goes on with the copy and a copy of its pipe, the
+  # parent with its own.
   def test_fork_in_a_trap_during_the_copy
     omit "no fork" unless Process.respond_to?(:fork)
     assert_separately([], <<~'RUBY', timeout: 30)
@@ -1136,7 +1097,7 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     assert_instance_of(Interrupted, th.value)
   end
 
-  # Each thread has its own ring; they go with their threads.
+  # Each copy has its own pipe and waits without the GVL.
   def test_concurrent_copies
     kinds = [[:pipe, :pipe], [:unix, :tcp], [:tcp, :pipe], [:pipe, :unix], [:unix, :unix]]
     threads = kinds.map do |src, dst|
@@ -1156,8 +1117,7 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     pid = fork do
       r.close
       report = begin
-        rings = cases.ring_fds.size
-        [rings, cases.run(@dir, src: :pipe, dst: :file)]
+        cases.run(@dir, src: :pipe, dst: :file)
       rescue Exception => e
         e.full_message
       end
@@ -1168,10 +1128,8 @@ class TestIOCopyStreamSplice < Test::Unit::TestCase
     w.close
     report = Marshal.load(r.read)
     Process.wait(pid)
-    assert_kind_of(Array, report, report)
-    rings, result = report
-    assert_equal(0, rings, "the forked child has its parent's io_uring")
-    assert_equal(model(:pipe, :file, nil, nil), result.slice(:ret, :sha, :dst_pos))
+    assert_kind_of(Hash, report, report)
+    assert_equal(model(:pipe, :file, nil, nil), report.slice(:ret, :sha, :dst_pos))
   ensure
     r&.close
     w&.close

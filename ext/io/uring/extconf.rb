@@ -1,18 +1,21 @@
 # frozen_string_literal: false
 require 'mkmf'
 
-# IO::Uring::Scheduler is built only into a ruby configured with io_uring
-# (liburing 2.9 or later found, no --disable-io-uring).
-$INCFLAGS << " #{RbConfig::CONFIG['incflags']}"
-if RUBY_PLATFORM.include?("linux") &&
-   have_macro("USE_IO_URING", "ruby.h") && try_compile("#if !USE_IO_URING\n#error\n#endif") &&
-   have_header("liburing.h") &&
-   have_library("uring", "io_uring_queue_init_params", "liburing.h") &&
-   have_func("io_uring_prep_waitid", "liburing.h")
-  have_header("sys/eventfd.h")
-  # liburing is linked statically: keep its symbols out of the extension's
-  # exports, where Init_uring is the only one.
-  exclude = " -Wl,--exclude-libs,ALL"
-  $DLDFLAGS << exclude if try_link("int main(void) { return 0; }", exclude)
-  create_makefile("io/uring")
+# IO::Uring::Scheduler needs Linux and liburing 2.9 or later
+# (io_uring_prep_waitid).  configure's --with-liburing-dir=DIR (or
+# --with-liburing-include/-lib) names a liburing installation, as for any
+# extension's library; --without-liburing leaves the extension out.  A
+# static liburing.a built with -fPIC is linked into the extension.
+if RUBY_PLATFORM.include?("linux") && with_config("liburing", true)
+  dir_config("liburing")
+  if have_header("liburing.h") &&
+     have_library("uring", "io_uring_queue_init_params", "liburing.h") &&
+     have_func("io_uring_prep_waitid", "liburing.h")
+    have_header("sys/eventfd.h")
+    # Keep liburing's symbols out of the extension's exports, where
+    # Init_uring is the only one.
+    exclude = " -Wl,--exclude-libs,ALL"
+    $DLDFLAGS << exclude if try_link("int main(void) { return 0; }", exclude)
+    create_makefile("io/uring")
+  end
 end

@@ -149,6 +149,17 @@ scheduler_alloc(VALUE klass)
     return obj;
 }
 
+/* RUBY_IO_URING=0 makes the scheduler behave as if the kernel refused
+ * io_uring (as kernel.io_uring_disabled=2 does), to test what falls back
+ * without the privilege to change the sysctl. */
+static int
+io_uring_refused_by_env(void)
+{
+    const char *env = getenv("RUBY_IO_URING");
+
+    return env && strcmp(env, "0") == 0;
+}
+
 static void
 ring_setup(struct uring_scheduler *s)
 {
@@ -165,6 +176,9 @@ ring_setup(struct uring_scheduler *s)
     params.cq_entries = COMPLETION_ENTRIES;
     /* With M:N threads a Ruby thread moves between native threads, and a
      * single-issuer ring refuses (EEXIST) every other one. */
+    if (io_uring_refused_by_env()) {
+        rb_syserr_fail(EPERM, "io_uring_queue_init_params");
+    }
     ret = mn_threads ? -EINVAL : io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
     if (ret == -EINVAL) {       /* kernels before 6.1, or M:N threads */
         memset(&params, 0, sizeof(params));

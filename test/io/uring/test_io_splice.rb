@@ -61,21 +61,9 @@ class TestIOUringIOSplice < Test::Unit::TestCase
 
   def teardown
     FileUtils.rm_rf(@dir) if @dir
-    # A thread that copied without a scheduler had an io_uring of its own,
-    # which goes when its native thread has ended.
+    # Descriptors of threads that are ending get a moment to be closed.
     wait_for_fds(@fds) if @fds
     super
-  end
-
-  # Under M:N threads the rings of copies made without a scheduler belong
-  # to pooled native threads, which outlive the Ruby threads (as in
-  # test/io/test_copy_stream_splice.rb): they are not the test's to close.
-  MN_THREADS = RUBY_DESCRIPTION.include?("+MN")
-
-  def open_fds
-    fds = super
-    return fds unless MN_THREADS
-    fds.reject { |fd| (File.readlink("/proc/self/fd/#{fd}") rescue nil) == "anon_inode:[io_uring]" }
   end
 
   def wait_for_fds(fds)

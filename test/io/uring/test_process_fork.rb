@@ -23,9 +23,9 @@ class TestIOUringProcessFork < Test::Unit::TestCase
   end
 
   # What a child should hold when its parent holds `parent`: one io_uring,
-  # its new scheduler's (the parent's scheduler's ring is dropped, and so are
-  # the rings ruby's own threads may have: src/io_uring.c), and as many
-  # eventfds as the parent (the new scheduler's in place of the old one's).
+  # its new scheduler's (the parent's scheduler's ring is dropped), and as
+  # many eventfds as the parent (the new scheduler's in place of the old
+  # one's).
   def self.child_expects(parent)
     [1, parent[1]]
   end

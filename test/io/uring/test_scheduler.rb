@@ -27,6 +27,21 @@ class TestIOUringScheduler < Test::Unit::TestCase
     assert_equal "hello world", result
   end
 
+  # RUBY_IO_URING=0 stands for a kernel that refuses io_uring (what
+  # `make test-nouring` uses without the privilege to set the sysctl); any
+  # other value changes nothing.
+  def test_ruby_io_uring_0_refuses_like_the_kernel
+    assert_separately([{"RUBY_IO_URING" => "0"}], <<~'RUBY')
+      require "io/uring"
+      e = assert_raise(Errno::EPERM) { IO::Uring::Scheduler.new }
+      assert_equal "Operation not permitted - io_uring_queue_init_params", e.message
+    RUBY
+    assert_separately([{"RUBY_IO_URING" => "1"}], <<~'RUBY')
+      require "io/uring"
+      IO::Uring::Scheduler.new.close
+    RUBY
+  end
+
   def test_io_wait_timeout
     result = :unset
     IO.pipe do |r, w|
