@@ -418,7 +418,7 @@ class TestIOUringScheduler < Test::Unit::TestCase
   def test_held_timeout_in_a_write_that_goes_on
     out = nil
     IO.pipe do |r, w|
-      drained = nil
+      drained = helper = nil
       t0 = now
       run_scheduler do
         Fiber.schedule do
@@ -427,13 +427,14 @@ class TestIOUringScheduler < Test::Unit::TestCase
           out = now - t0
         end
         Fiber.schedule { sleep 0.02; busy(0.4) }
-        Thread.new do
+        helper = Thread.new do
           sleep 0.2
           r.read_nonblock(65536, exception: false)
           sleep 2.8
           drained = Thread.new { r.read rescue nil } # unblocks a lost timeout
         end
       end
+      helper.kill.join # the scheduler is done: nothing left to unblock
       w.close
       drained&.join
     end
