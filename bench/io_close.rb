@@ -10,10 +10,17 @@
 # ruby and stock 3.4.5 without a scheduler, stock under CRuby's test
 # scheduler and under Async (whose close never reaches a scheduler on
 # 3.4.5); and bench/c/close_baseline.c, pipe2(2) + close(2) or batched
-# IORING_OP_CLOSE in C, the physical limit.  Best of N, one run.
+# IORING_OP_CLOSE in C, the physical limit.
 #
-#   ruby bench/io_close.rb --workload MODE P F    (one measurement)
+# N runs (default 5) interleaved: run 1 of every case, then run 2, ...  A
+# markdown table: median seconds and range, the median CPU (user + sys of
+# the process during the workload, all threads) per pair and its range,
+# and the ratio to the hook-less IO::Uring::Scheduler's median.
+#
+#   ruby bench/io_close.rb --workload MODE P F    (one measurement:
+#                                                  "seconds cpu_seconds")
 require "optparse"
+require_relative "lib/stats"
 
 def workload(mode, pairs, fibers)
   per_fiber = pairs / fibers
@@ -57,12 +64,14 @@ end
 
 if ARGV.first == "--workload"
   _, mode, pairs, fibers = ARGV
-  puts workload(mode, Integer(pairs), Integer(fibers))
+  c0 = Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID)
+  seconds = workload(mode, Integer(pairs), Integer(fibers))
+  puts "#{seconds} #{Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID) - c0}"
   exit
 end
 
 top = File.expand_path("..", __dir__)
-opts = { runs: 3, pairs: 100_000, fibers: 100 }
+opts = { runs: 5, pairs: 100_000, fibers: 100 }
 OptionParser.new do |o|
   o.on("--runs N", Integer) { |v| opts[:runs] = v }
   o.on("--pairs N", Integer) { |v| opts[:pairs] = v }
@@ -92,22 +101,34 @@ CASES = [
 ].freeze
 BASELINE = "IO::Uring, no #io_close"
 
-results = CASES.to_h do |name, command|
-  args = [*command, opts[:pairs], opts[:fibers]]
-  times = opts[:runs].times.map do
-    out = IO.popen(env, args.map(&:to_s), err: File::NULL, &:read)
-    $?.success? ? Float(out.lines.last) : nil
-  rescue ArgumentError, TypeError
-    nil
-  end
-  [name, times.all? ? times.min : nil]
+Run = Struct.new(:seconds, :cpu, :error)
+
+results = BenchStats.interleave(opts[:runs], CASES.map(&:first)) do |name|
+  args = [*CASES.assoc(name)[1], opts[:pairs], opts[:fibers]].map(&:to_s)
+  out = IO.popen(env, args, err: File::NULL, &:read)
+  next Run.new(nil, nil, "exited with #{$?.inspect}") unless $?.success?
+  seconds, cpu = out.lines.last.split.map { |v| Float(v) }
+  Run.new(seconds, cpu, nil)
+rescue ArgumentError, TypeError, NoMethodError => e
+  Run.new(nil, nil, e.message)
 end
 
-puts format("IO.pipe + 2 x IO#close, %d pairs in %d fibers, best of %d",
+med = ->(name, field) { v = results[name].reject(&:error).map(&field); v.empty? ? nil : BenchStats.median(v) }
+base = med.(BASELINE, :seconds)
+puts format("### IO.pipe + 2 x IO#close, %d pairs in %d fibers, %d run(s) interleaved",
             opts[:pairs], opts[:fibers], opts[:runs])
-puts format("%-26s %10s %8s %12s", "", "seconds", "ratio", "pairs/s")
-results.each do |name, t|
-  next puts(format("%-26s %10s", name, "n/a")) unless t
-  puts format("%-26s %10.3f %7.2fx %12.0f", name, t, results[BASELINE] / t, opts[:pairs] / t)
+puts
+puts "| case | s median | s range | CPU µs/pair median | CPU µs/pair range | pairs/s | vs #{BASELINE} |"
+puts "|---|---:|---:|---:|---:|---:|---:|"
+CASES.each do |name, _|
+  ok = results[name].reject(&:error)
+  next puts("| #{name} | failed | | | | | |") if ok.empty?
+  t = med.(name, :seconds)
+  cpu = ok.map { |r| r.cpu * 1e6 / opts[:pairs] }
+  seconds = ok.map(&:seconds)
+  puts format("| %s | %.3f | %.3f–%.3f | %.2f | %.2f–%.2f | %.0f | %s |", name, t, seconds.min, seconds.max,
+              BenchStats.median(cpu), cpu.min, cpu.max, opts[:pairs] / t, base ? format("%.2fx", base / t) : "n/a")
 end
-puts "(ratio: speed relative to #{BASELINE}; higher is faster)"
+puts
+puts "(ratio: #{BASELINE}'s median seconds over the case's, higher is faster)"
+BenchStats.print_failures(results, CASES.map(&:first))

@@ -16,13 +16,16 @@
 # "ready": the interpreter's start and requires are not counted) is
 # reported per GB moved next to the throughput.
 #
-# Contenders: C proxies (`proxy_tools splice-fds`, `uring-fds`,
-# `readwrite-fds`): splice(2) through a pipe (the physical limit: no byte in
-# user space), the same splices as linked io_uring operations, and
-# read(2)/write(2); and IO.copy_stream(socket, socket) in ruby (this file,
-# --proxy MODE): stock 3.4.5 without a scheduler, under CRuby's test
-# scheduler, and under Async + io-event (EPoll and URing selectors); the
-# patched ruby without a scheduler and under IO::Uring::Scheduler.
+# Contenders: C proxies (`proxy_tools splice-fds`, `splice-nonblock-fds`,
+# `uring-fds`, `readwrite-fds`): splice(2) through a pipe (the physical
+# limit: no byte in user space), the same on O_NONBLOCK descriptors with
+# poll(2) when a side is not ready (the limit for a runtime whose
+# descriptors are non-blocking, as ruby's are), the same splices as linked
+# io_uring operations, and read(2)/write(2); and
+# IO.copy_stream(socket, socket) in ruby (this file, --proxy MODE): stock
+# 3.4.5 without a scheduler, under CRuby's test scheduler, and under Async +
+# io-event (EPoll and URing selectors); the patched ruby without a scheduler
+# and under IO::Uring::Scheduler.
 #
 # N runs (default 5) interleaved: run 1 of every transport and contender,
 # then run 2, ...  Per transport, a markdown table: median MB/s (MB = 10^6
@@ -38,6 +41,7 @@
 #
 # MODE: none | test-scheduler | async-epoll | async-uring | uring.
 require "optparse"
+require_relative "lib/stats"
 require "open3"
 require "fileutils"
 require "socket"
@@ -120,6 +124,7 @@ env_patched = base_env.merge(opts[:env_patched])
 BASELINE = "C splice(2)"
 contenders = [
   [BASELINE, env_c, [tools, "splice-fds"]],
+  ["C splice(2), non-blocking", env_c, [tools, "splice-nonblock-fds"]],
   ["C io_uring splice", env_c, [tools, "uring-fds"]],
   ["C read/write", env_c, [tools, "readwrite-fds"]],
   ["stock, no scheduler", env_stock, [stock, __FILE__, "--proxy", "none"]],
@@ -150,22 +155,11 @@ rescue ArgumentError, SystemCallError => e
   Run.new(nil, nil, e.message)
 end
 
-def median(values)
-  s = values.sort
-  s.size.odd? ? s[s.size / 2] : (s[s.size / 2 - 1] + s[s.size / 2]) / 2.0
+keys = opts[:transports].product(contenders.map(&:first))
+commands = contenders.to_h { |name, env, command| [name, [env, command]] }
+results = BenchStats.interleave(opts[:runs], keys) do |transport, name|
+  transfer(tools, transport, bytes, timeout, *commands[name])
 end
-
-results = Hash.new { |h, k| h[k] = [] }
-opts[:runs].times do |run|
-  opts[:transports].each do |transport|
-    contenders.each do |name, env, command|
-      r = transfer(tools, transport, bytes, timeout, env, command)
-      results[[transport, name]] << r
-      $stderr.print(r.error ? "x" : ".")
-    end
-  end
-end
-$stderr.puts
 
 TITLES = { "unix" => "UNIX socketpairs", "tcp" => "TCP on 127.0.0.1" }.freeze
 opts[:transports].each do |transport|
@@ -174,11 +168,9 @@ opts[:transports].each do |transport|
   puts "| contender | MB/s median | MB/s range | CPU ms/GB median | CPU ms/GB range | vs #{BASELINE} |"
   puts "|---|---:|---:|---:|---:|---:|"
   base = results[[transport, BASELINE]].map(&:mb_s).compact
-  base = base.empty? ? nil : median(base)
-  failures = []
+  base = base.empty? ? nil : BenchStats.median(base)
   contenders.each do |name, _, _|
     runs = results[[transport, name]]
-    runs.each_with_index { |r, i| failures << [name, i + 1, r.error] if r.error }
     ok = runs.reject(&:error)
     if ok.empty?
       puts "| #{name} | failed | | | | |"
@@ -188,18 +180,14 @@ opts[:transports].each do |transport|
     cpu = ok.map(&:cpu_ms_per_gb)
     note = ok.size < runs.size ? " (#{runs.size - ok.size} of #{runs.size} runs failed)" : ""
     puts format("| %s%s | %.0f | %.0f–%.0f | %.0f | %.0f–%.0f | %s |", name, note,
-                median(speed), speed.min, speed.max, median(cpu), cpu.min, cpu.max,
-                base ? format("%.2fx", median(speed) / base) : "n/a")
+                BenchStats.median(speed), speed.min, speed.max, BenchStats.median(cpu), cpu.min, cpu.max,
+                base ? format("%.2fx", BenchStats.median(speed) / base) : "n/a")
   end
   puts
   puts "(MB/s: 10^6 bytes a second from \"ready\" to the consumer's EOF, higher is faster; " \
        "CPU: user + sys of the proxy process after \"ready\" per 10^9 bytes, lower is cheaper; " \
        "ratio: median MB/s over #{BASELINE}'s)"
-  failures.each do |name, run, error|
-    puts
-    puts "failed: #{name}, run #{run}:"
-    puts error.lines.map { |l| "    #{l.chomp}" }
-  end
+  BenchStats.print_failures(results, keys.select { |t, _| t == transport })
   puts
 end
 

@@ -20,6 +20,7 @@
 # medians to bench/results/pingpong.csv and, when gnuplot is installed, a
 # chart of them to bench/results/pingpong.png.
 require "optparse"
+require_relative "lib/stats"
 require "fileutils"
 
 top = File.expand_path("..", __dir__)
@@ -79,22 +80,11 @@ ensure
   [out_r, err_r].each { |io| io&.close unless io&.closed? }
 end
 
-def median(values)
-  s = values.sort
-  s.size.odd? ? s[s.size / 2] : (s[s.size / 2 - 1] + s[s.size / 2]) / 2.0
+keys = TRANSPORTS.product(cases.map(&:first))
+rubies = cases.to_h { |name, ruby, mode| [name, [ruby, mode]] }
+results = BenchStats.interleave(opts[:runs], keys) do |transport, name|
+  measure(env, *rubies[name], transport, opts)
 end
-
-results = Hash.new { |h, k| h[k] = [] }
-opts[:runs].times do
-  TRANSPORTS.each do |transport|
-    cases.each do |name, ruby, mode|
-      r = measure(env, ruby, mode, transport, opts)
-      results[[transport, name]] << r
-      $stderr.print(r.error ? "x" : ".")
-    end
-  end
-end
-$stderr.puts
 
 round_trips = opts[:groups] * opts[:iterations]
 medians = {}
@@ -104,14 +94,12 @@ TRANSPORTS.each do |transport|
   puts
   puts "| case | s median | s range | CPU s median | CPU s range | CPU µs/round trip | vs #{BASELINE} |"
   puts "|---|---:|---:|---:|---:|---:|---:|"
-  failures = []
   cases.each do |name, _, _|
     runs = results[[transport, name]]
-    runs.each_with_index { |r, i| failures << [name, i + 1, r.error] if r.error }
     ok = runs.reject(&:error)
     next if ok.empty?
 
-    medians[[transport, name]] = [median(ok.map(&:seconds)), median(ok.map(&:cpu))]
+    medians[[transport, name]] = [BenchStats.median(ok.map(&:seconds)), BenchStats.median(ok.map(&:cpu))]
   end
   base = medians[[transport, BASELINE]]&.first
   cases.each do |name, _, _|
@@ -132,11 +120,7 @@ TRANSPORTS.each do |transport|
   puts
   puts "(s: wall clock of the exchange; CPU: user + sys of the whole child process, " \
        "start included; ratio: #{BASELINE}'s median seconds over the case's, higher is faster)"
-  failures.each do |name, run, error|
-    puts
-    puts "failed: #{name}, run #{run}:"
-    puts error.lines.map { |l| "    #{l.chomp}" }
-  end
+  BenchStats.print_failures(results, keys.select { |t, _| t == transport })
   puts
 end
 

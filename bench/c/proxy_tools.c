@@ -29,6 +29,10 @@
  *       or the byte count is wrong.
  *   proxy_tools splice-fds       a proxy for the harness: splice(2) through
  *                                a pipe: no byte in user space (the limit)
+ *   proxy_tools splice-nonblock-fds
+ *                                the same on O_NONBLOCK descriptors (as
+ *                                ruby's are), poll(2) when a side is not
+ *                                ready: the limit for a runtime like ruby
  *   proxy_tools uring-fds        the same splices as io_uring operations:
  *                                socket->pipe hard linked to pipe->socket,
  *                                one submission per pipeful
@@ -42,10 +46,11 @@
  *   proxy_tools produce PORT N   connect to PORT, send N bytes with
  *                                sendfile(2) from a memfd, close
  *   proxy_tools sendfile FILE PORT
- *                                connect to PORT, sendfile(2) FILE to it
+ *                                connect to PORT, sendfile(2) FILE to it;
+ *                                print the CPU seconds it took
  *   proxy_tools receive FILE     listen (port printed), accept one
  *                                connection, splice it into FILE; print
- *                                "bytes seconds"
+ *                                "bytes seconds cpu_seconds"
  *
  * Pipes are given 1 MiB (the default pipe-max-size) where the system
  * allows, as IO.copy_stream's are.  The uring mode needs liburing:
@@ -56,6 +61,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -266,12 +272,22 @@ produce(int port, long long bytes)
     close(fd);
 }
 
+/* CPU seconds (user + sys) of this process, all its threads. */
+static double
+cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 static void
 sendfile_to(const char *path, int port)
 {
     int in = open(path, O_RDONLY | O_CLOEXEC), out = connect_to(port);
     struct stat st;
     off_t left;
+    double c0 = cpu_now();
 
     if (in < 0 || fstat(in, &st) < 0) die(path);
     for (left = st.st_size; left > 0;) {
@@ -280,6 +296,7 @@ sendfile_to(const char *path, int port)
         left -= n;
     }
     close(out);
+    printf("%f\n", cpu_now() - c0);
 }
 
 static void
@@ -287,12 +304,12 @@ receive_into(const char *path)
 {
     int in = accept_one(listen_any());
     int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    double t0 = now();
+    double t0 = now(), c0 = cpu_now();
     long long total;
 
     if (out < 0) die(path);
     total = splice_all(in, out);
-    printf("%lld %f\n", total, now() - t0);
+    printf("%lld %f %f\n", total, now() - t0, cpu_now() - c0);
     close(out);
 }
 
@@ -575,6 +592,44 @@ splice_proxy(void)
     close(PROXY_OUT);
 }
 
+/* What a runtime whose descriptors are non-blocking (ruby's are) can do
+ * at best: the same splices with SPLICE_F_NONBLOCK on O_NONBLOCK
+ * descriptors, and poll(2) before a side that was drained or full. */
+static void
+splice_nonblock_proxy(void)
+{
+    int p[2];
+    size_t chunk = make_pipe(p);
+    int in_first = 0, out_first = 0;
+
+    fcntl(PROXY_IN, F_SETFL, fcntl(PROXY_IN, F_GETFL) | O_NONBLOCK);
+    fcntl(PROXY_OUT, F_SETFL, fcntl(PROXY_OUT, F_GETFL) | O_NONBLOCK);
+    say_ready();
+    for (;;) {
+        struct pollfd pfd = {PROXY_IN, POLLIN, 0};
+        ssize_t n;
+
+        if (in_first && poll(&pfd, 1, -1) < 0) die("poll");
+        n = splice(PROXY_IN, NULL, p[1], NULL, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EAGAIN) { in_first = 1; continue; }
+        if (n < 0) die("splice");
+        if (n == 0) break;
+        in_first = (size_t)n < chunk;
+        while (n > 0) {
+            struct pollfd out = {PROXY_OUT, POLLOUT, 0};
+            ssize_t m;
+
+            if (out_first && poll(&out, 1, -1) < 0) die("poll");
+            m = splice(p[0], NULL, PROXY_OUT, NULL, n, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (m < 0 && errno == EAGAIN) { out_first = 1; continue; }
+            if (m < 0) die("splice");
+            n -= m;
+            out_first = n > 0;
+        }
+    }
+    close(PROXY_OUT);
+}
+
 static void
 readwrite_proxy(void)
 {
@@ -648,6 +703,7 @@ main(int argc, char **argv)
         if (r != 2) return r;
     }
     else if (argc >= 2 && strcmp(argv[1], "splice-fds") == 0) { splice_proxy(); return 0; }
+    else if (argc >= 2 && strcmp(argv[1], "splice-nonblock-fds") == 0) { splice_nonblock_proxy(); return 0; }
     else if (argc >= 2 && strcmp(argv[1], "readwrite-fds") == 0) { readwrite_proxy(); return 0; }
 #ifdef HAVE_LIBURING
     else if (argc >= 2 && strcmp(argv[1], "uring-fds") == 0) { uring_proxy(); return 0; }
@@ -657,7 +713,7 @@ main(int argc, char **argv)
     else if (argc >= 4 && strcmp(argv[1], "sendfile") == 0) { sendfile_to(argv[2], atoi(argv[3])); return 0; }
     else if (argc >= 3 && strcmp(argv[1], "receive") == 0) { receive_into(argv[2]); return 0; }
     fprintf(stderr, "usage: %s harness [-t SECONDS] unix|tcp BYTES -- PROXY_COMMAND... |\n"
-            "       splice-fds | uring-fds | readwrite-fds |\n"
+            "       splice-fds | splice-nonblock-fds | uring-fds | readwrite-fds |\n"
             "       consume | produce PORT BYTES | sendfile FILE PORT | receive FILE\n", argv[0]);
     return 2;
 }
