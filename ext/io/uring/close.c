@@ -55,6 +55,7 @@ scheduler_io_close(VALUE self, VALUE fd)
     struct uring_op op = {0};
     int32_t result;
 
+    inline_forget(s, descriptor);
     io_uring_prep_close(op_sqe(s, &op), descriptor);
     op.keep = 1;                /* closed, whatever the fiber is raised */
     result = op_wait(s, &op);

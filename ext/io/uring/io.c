@@ -4,8 +4,9 @@
 
   #io_wait (IORING_OP_POLL_ADD with a linked timeout), #io_read,
   #io_write, #io_pread and #io_pwrite (IORING_OP_READ/WRITE, RECV/SEND on
-  sockets, straight into the IO::Buffer), and #io_select (a poll per
-  descriptor and a timer).
+  sockets, straight into the IO::Buffer, after an inline try for files
+  and devices: inline.c), and #io_select (a poll per descriptor and a
+  timer).
 
 **********************************************************************/
 
@@ -96,7 +97,6 @@ buffer_lock(struct buffer_args *b)
     b->locked = !was_locked;
 }
 
-enum io_direction { IO_READ, IO_WRITE };
 
 struct io_args {
     struct uring_scheduler *s;
@@ -108,7 +108,58 @@ struct io_args {
     size_t offset;              /* in the buffer */
     off_t from;                 /* file offset, or -1: the file position */
     int socket;                 /* IORING_OP_RECV/SEND (see io_socket_p) */
+    size_t total;               /* transferred so far (inline) */
 };
+
+/* The buffer's memory, and its size; raises for a buffer the transfer
+ * cannot use (read-only for a read, freed) or an offset past its end. */
+static void
+io_buffer_span(struct io_args *a, void **base, size_t *size)
+{
+    if (a->dir == IO_READ) {
+        rb_io_buffer_get_bytes_for_writing(a->b.buffer, base, size);
+    }
+    else {
+        const void *cbase;
+        rb_io_buffer_get_bytes_for_reading(a->b.buffer, &cbase, size);
+        *base = (void *)cbase;
+    }
+    if (a->offset > *size) rb_raise(rb_eArgError, "offset exceeds buffer size");
+}
+
+static size_t
+io_chunk(size_t size, size_t offset)
+{
+    return size - offset > 0x7ffff000 ? 0x7ffff000 : size - offset;
+}
+
+/*
+ * The transfer without the ring, where inline.c says the kernel answers at
+ * once: the result, or Qundef when the ring is to do the rest (a->total and
+ * a->offset say how far it got).  Nothing is held or registered here: the
+ * fiber does not leave the hook, and IO#close cannot release the
+ * descriptor while the hook runs.
+ */
+static VALUE
+io_inline(struct io_args *a)
+{
+    void *base;
+    size_t size;
+
+    io_buffer_span(a, &base, &size);
+    for (;;) {
+        off_t at = a->from < 0 ? -1 : a->from + (off_t)a->total;
+        ssize_t r = inline_transfer(a->s, a->fd, a->socket, a->dir, (char *)base + a->offset,
+                                    io_chunk(size, a->offset), at);
+
+        if (r == INLINE_RING) return Qundef;
+        if (r < 0) return rb_fiber_scheduler_io_result(-1, (int)-r);
+        if (r == 0) return SIZET2NUM(a->total);
+        a->total += r;
+        a->offset += r;
+        if (a->total >= a->length || a->offset >= size) return SIZET2NUM(a->total);
+    }
+}
 
 static VALUE
 io_transfer(VALUE ptr)
@@ -116,23 +167,15 @@ io_transfer(VALUE ptr)
     struct io_args *a = (struct io_args *)ptr;
     struct uring_scheduler *s = a->s;
     void *base;
-    size_t size, total = 0;
+    size_t size, total = a->total;
 
-    if (a->dir == IO_READ) {
-        rb_io_buffer_get_bytes_for_writing(a->b.buffer, &base, &size);
-    }
-    else {
-        const void *cbase;
-        rb_io_buffer_get_bytes_for_reading(a->b.buffer, &cbase, &size);
-        base = (void *)cbase;
-    }
-    if (a->offset > size) rb_raise(rb_eArgError, "offset exceeds buffer size");
+    io_buffer_span(a, &base, &size);
 
     for (;;) {
         struct uring_op op = {0};
         struct io_uring_sqe *sqe;
         char *p = (char *)base + a->offset;
-        unsigned int n = (unsigned int)(size - a->offset > 0x7ffff000 ? 0x7ffff000 : size - a->offset);
+        unsigned int n = (unsigned int)io_chunk(size, a->offset);
         uint64_t at = a->from < 0 ? (uint64_t)-1 : (uint64_t)(a->from + total);
         int32_t result;
 
@@ -215,6 +258,11 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
     a.offset = NUM2SIZET(offset);
     a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
     a.socket = a.from < 0 && io_socket_p(io);
+    a.total = 0;
+    {
+        VALUE result = io_inline(&a);
+        if (!RB_UNDEF_P(result)) return result;
+    }
     /* IORING_OP_READ/WRITE take a stream's offset for "the current
      * position" where pread(2) and pwrite(2) refuse it: a pipe's or a
      * socket's ESPIPE, as without a scheduler. */
@@ -232,8 +280,10 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
  *
  *  Reads at least +length+ bytes (unless end of file) from +io+ into
  *  +buffer+ at +offset+ with IORING_OP_READ (IORING_OP_RECV for a
- *  socket), straight into the buffer's memory.  Returns the number of
- *  bytes read, or a negated errno.
+ *  socket), straight into the buffer's memory.  A file or device is
+ *  first read with preadv2(2) and RWF_NOWAIT, which completes at once
+ *  from the page cache, without a switch to the loop.  Returns the
+ *  number of bytes read, or a negated errno.
  */
 VALUE
 scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)
@@ -245,7 +295,8 @@ scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset
  *  call-seq: io_write(io, buffer, length, offset) -> written length or -errno
  *
  *  Writes at least +length+ bytes of +buffer+ from +offset+ to +io+ with
- *  IORING_OP_WRITE (IORING_OP_SEND for a socket).
+ *  IORING_OP_WRITE (IORING_OP_SEND for a socket); to a file or device,
+ *  first with pwritev2(2) and RWF_NOWAIT, as #io_read.
  */
 VALUE
 scheduler_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)

@@ -418,6 +418,7 @@ run_once(struct uring_scheduler *s)
 {
     long n = s->ready_len;
 
+    s->inline_count = 0;
     if (s->interrupts_pending) hooks_cancel_interrupted(s);
     while (n-- > 0 && s->ready_len > 0) {
         struct ready_entry e = ready_shift(s);

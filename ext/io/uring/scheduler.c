@@ -119,6 +119,7 @@ scheduler_free(void *ptr)
     ruby_xfree(s->ready);
     ruby_xfree(s->held);
     ruby_xfree(s->pipes);
+    ruby_xfree(s->hints);
     ruby_xfree(s);
 }
 
@@ -126,7 +127,8 @@ static size_t
 scheduler_memsize(const void *ptr)
 {
     const struct uring_scheduler *s = ptr;
-    return sizeof(*s) + s->ready_capa * sizeof(struct ready_entry);
+    return sizeof(*s) + s->ready_capa * sizeof(struct ready_entry) +
+        s->nhints * sizeof(struct fd_hint);
 }
 
 const rb_data_type_t scheduler_type = {

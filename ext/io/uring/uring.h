@@ -17,6 +17,8 @@
                  (struct io_hook)
     io.c         stream I/O: #io_wait, #io_read, #io_write, #io_pread,
                  #io_pwrite, #io_select
+    inline.c     inline completion: reads and writes the kernel can
+                 answer at once, without the ring
     splice.c     #io_splice and its pool of pipes
     close.c      #io_close and #fiber_interrupt
     process.c    #process_wait and #process_fork
@@ -87,6 +89,18 @@ struct io_hook {
     int fd;
 };
 
+enum io_direction { IO_READ, IO_WRITE };
+
+/* What inline.c notes about a descriptor. */
+enum fd_kind { FD_KIND_UNKNOWN, FD_KIND_FILE, FD_KIND_OTHER };
+struct fd_hint {
+    unsigned char kind;         /* enum fd_kind */
+    unsigned char miss[2];      /* per direction: 0 (try RWF_NOWAIT), or 0xff (the ring) */
+};
+
+/* inline_transfer(): not done, the ring's to do. */
+#define INLINE_RING ((ssize_t)-(1 << 30))
+
 /* A fiber to resume, or to raise an exception in (timeout_after). */
 struct ready_entry {
     VALUE fiber;
@@ -134,6 +148,12 @@ struct uring_scheduler {
     int file_free[SPLICE_FILE_PAIRS];
     int file_nfree;
     unsigned long file_epoch;   /* bumped when the table is emptied */
+
+    /* inline.c */
+    struct fd_hint *hints;      /* indexed by descriptor */
+    int nhints;
+    unsigned long inline_count; /* inline operations since the loop's last turn */
+    long long inline_since;     /* and when the first of them was made (ns) */
 };
 
 #pragma GCC visibility push(hidden)
@@ -182,6 +202,11 @@ VALUE scheduler_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE
 VALUE scheduler_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset);
 VALUE scheduler_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset);
 VALUE scheduler_io_select(int argc, VALUE *argv, VALUE self);
+
+/* inline.c */
+ssize_t inline_transfer(struct uring_scheduler *s, int fd, int socket, enum io_direction dir,
+                        void *p, size_t n, off_t at);
+void inline_forget(struct uring_scheduler *s, int fd);
 
 /* splice.c */
 void pipes_release(struct uring_scheduler *s);
