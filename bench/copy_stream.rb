@@ -201,15 +201,7 @@ DIRECTIONS.each do |direction, (baseline, _)|
   puts
 end
 
-out = File.join(__dir__, "results")
-FileUtils.mkdir_p(out)
-csv = File.join(out, "copy_stream.csv")
-File.open(csv, "w") do |f|
-  f.puts "direction,contender,run,mb_s,cpu_ms_per_gb"
-  keys.each do |direction, name|
-    results[[direction, name]].each_with_index do |r, i|
-      f.puts [direction, name, i + 1, r.mb_s&.round(1), r.cpu_ms_per_gb&.round(1)].join(",")
-    end
-  end
+csv = BenchStats.write_csv("copy_stream.csv", "direction,contender,run,mb_s,cpu_ms_per_gb", keys, results) do |r|
+  [r.mb_s&.round(1), r.cpu_ms_per_gb&.round(1)]
 end
 puts "runs: #{csv}"

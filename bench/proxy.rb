@@ -191,18 +191,7 @@ opts[:transports].each do |transport|
   puts
 end
 
-dir = File.join(__dir__, "results")
-FileUtils.mkdir_p(dir)
-csv = File.join(dir, "proxy.csv")
-File.open(csv, "w") do |f|
-  f.puts "transport,contender,run,mb_s,cpu_ms_per_gb"
-  opts[:transports].each do |transport|
-    contenders.each do |name, _, _|
-      results[[transport, name]].each_with_index do |r, i|
-        f.puts [transport, "\"#{name}\"", i + 1,
-                r.mb_s && format("%.1f", r.mb_s), r.cpu_ms_per_gb && format("%.1f", r.cpu_ms_per_gb)].join(",")
-      end
-    end
-  end
+csv = BenchStats.write_csv("proxy.csv", "transport,contender,run,mb_s,cpu_ms_per_gb", keys, results) do |r|
+  [r.mb_s&.round(1), r.cpu_ms_per_gb&.round(1)]
 end
 puts "runs: #{csv}"

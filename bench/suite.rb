@@ -49,6 +49,21 @@ def scaled(n, scale)
   [(n * scale).round, 1].max
 end
 
+# 50 groups of 10 fibers sharing a Mutex, each writing 1 KiB 1,000 times
+# (scaled) under it to the group's file, which the block opens (group
+# number => [file, path to delete or nil]).
+def mutex_writes(spawn, scale)
+  data = ("*" * 1024).freeze
+  n = scaled(1_000, scale)
+  50.times.map do |i|
+    mutex = Mutex.new
+    file, path = yield(i)
+    file.sync = true
+    10.times { spawn.call { n.times { mutex.synchronize { file.write(data) } } } }
+    [file, path]
+  end
+end
+
 # Each workload: a lambda that starts its fibers (or threads, given a
 # spawn proc) and returns something to clean up afterwards.
 WORKLOADS = {
@@ -74,27 +89,13 @@ WORKLOADS = {
     end
   end,
   "mutex_io" => lambda do |spawn, scale|
-    data = ("*" * 1024).freeze
-    n = scaled(1_000, scale)
-    50.times.map do |i|
-      mutex = Mutex.new
+    mutex_writes(spawn, scale) do |i|
       path = "/tmp/bench_suite_mutex_io_#{$$}_#{i}"
-      file = File.open(path, "w")
-      file.sync = true
-      10.times { spawn.call { n.times { mutex.synchronize { file.write(data) } } } }
-      [file, path]
+      [File.open(path, "w"), path]
     end
   end,
   "mutex_null" => lambda do |spawn, scale|
-    data = ("*" * 1024).freeze
-    n = scaled(1_000, scale)
-    50.times.map do
-      mutex = Mutex.new
-      file = File.open(File::NULL, "w")
-      file.sync = true
-      10.times { spawn.call { n.times { mutex.synchronize { file.write(data) } } } }
-      [file, nil]
-    end
+    mutex_writes(spawn, scale) { [File.open(File::NULL, "w"), nil] }
   end,
   "queue" => lambda do |spawn, scale|
     n = scaled(200_000, scale)
@@ -176,7 +177,6 @@ if ARGV.first == "--workload"
 end
 
 require "optparse"
-require "fileutils"
 require_relative "lib/stats"
 
 top = File.expand_path("..", __dir__)
@@ -259,15 +259,7 @@ puts "(seconds: the workload inside the child, start-up excluded; CPU: user + sy
      "over the same span, all threads; ratio: #{BASELINE}'s median seconds over the contender's, " \
      "higher is faster)"
 
-dir = File.join(__dir__, "results")
-FileUtils.mkdir_p(dir)
-csv = File.join(dir, "suite.csv")
-File.open(csv, "w") do |f|
-  f.puts "workload,contender,run,seconds,cpu_seconds"
-  keys.each do |workload, name|
-    results[[workload, name]].each_with_index do |r, i|
-      f.puts [workload, name, i + 1, r.seconds&.round(4), r.cpu&.round(4)].join(",")
-    end
-  end
+csv = BenchStats.write_csv("suite.csv", "workload,contender,run,seconds,cpu_seconds", keys, results) do |r|
+  [r.seconds&.round(4), r.cpu&.round(4)]
 end
 puts "runs: #{csv}"

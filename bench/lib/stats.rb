@@ -28,6 +28,30 @@ module BenchStats
     results
   end
 
+  # Every run of +results+ (key => [run, ...]) in bench/results/NAME, a
+  # line per run: the key's parts, the run's number, then what the block
+  # makes of the run.  Returns the path.
+  def write_csv(name, header, keys, results)
+    require "fileutils"
+    dir = File.expand_path("../results", __dir__)
+    FileUtils.mkdir_p(dir)
+    path = File.join(dir, name)
+    File.open(path, "w") do |f|
+      f.puts header
+      keys.each do |key|
+        results[key].each_with_index do |r, i|
+          f.puts [*Array(key), i + 1, *yield(r)].map { |v| csv_field(v) }.join(",")
+        end
+      end
+    end
+    path
+  end
+
+  def csv_field(value)
+    text = value.to_s
+    text.match?(/[",\n]/) ? "\"#{text.gsub('"', '""')}\"" : text
+  end
+
   # The failed runs of +results+ (key => [run, ...]) for +names+, each with
   # the end of what it said.
   def print_failures(results, keys)
