@@ -174,24 +174,14 @@ results = BenchStats.interleave(opts[:runs], keys) { |direction, name| DIRECTION
 
 DIRECTIONS.each do |direction, (baseline, _)|
   names = [baseline, *RUBIES.map(&:first)]
-  ok = ->(name) { results[[direction, name]].reject(&:error) }
-  base = ok.(baseline).map(&:mb_s)
-  base = base.empty? ? nil : BenchStats.median(base)
+  base = BenchStats.median_of(results[[direction, baseline]], :mb_s)
   puts format("### %s: %d MiB, %d run(s) interleaved%s", direction, opts[:megabytes], opts[:runs],
               direction.end_with?("file") ? ", the file in #{opts[:target_dir]}" : "")
   puts
   puts "| contender | MB/s median | MB/s range | CPU ms/GB median | CPU ms/GB range | vs #{baseline} |"
   puts "|---|---:|---:|---:|---:|---:|"
   names.each do |name|
-    runs = ok.(name)
-    next puts("| #{name} | failed | | | | |") if runs.empty?
-    speed = runs.map(&:mb_s)
-    cpu = runs.map(&:cpu_ms_per_gb)
-    note = runs.size < opts[:runs] ? " (#{opts[:runs] - runs.size} of #{opts[:runs]} runs failed)" : ""
-    puts format("| %s%s | %.0f | %.0f–%.0f | %.0f | %.0f–%.0f | %s |", name, note,
-                BenchStats.median(speed), speed.min, speed.max,
-                BenchStats.median(cpu), cpu.min, cpu.max,
-                base ? format("%.2fx", BenchStats.median(speed) / base) : "n/a")
+    puts BenchStats.row(name, results[[direction, name]], %i[mb_s cpu_ms_per_gb], base: base)
   end
   puts
   puts "(MB/s: 10^6 bytes a second of the copy, higher is faster; CPU: user + sys of the " \

@@ -113,21 +113,17 @@ rescue ArgumentError, TypeError, NoMethodError => e
   Run.new(nil, nil, e.message)
 end
 
-med = ->(name, field) { v = results[name].reject(&:error).map(&field); v.empty? ? nil : BenchStats.median(v) }
-base = med.(BASELINE, :seconds)
+base = BenchStats.median_of(results[BASELINE], :seconds)
 puts format("### IO.pipe + 2 x IO#close, %d pairs in %d fibers, %d run(s) interleaved",
             opts[:pairs], opts[:fibers], opts[:runs])
 puts
 puts "| case | s median | s range | CPU µs/pair median | CPU µs/pair range | pairs/s | vs #{BASELINE} |"
 puts "|---|---:|---:|---:|---:|---:|---:|"
+cpu_per_pair = ->(r) { r.cpu * 1e6 / opts[:pairs] }
+pairs_per_second = ->(ok) { format("%.0f", opts[:pairs] / BenchStats.median_of(ok, :seconds)) }
 CASES.each do |name, _|
-  ok = results[name].reject(&:error)
-  next puts("| #{name} | failed | | | | | |") if ok.empty?
-  t = med.(name, :seconds)
-  cpu = ok.map { |r| r.cpu * 1e6 / opts[:pairs] }
-  seconds = ok.map(&:seconds)
-  puts format("| %s | %.3f | %.3f–%.3f | %.2f | %.2f–%.2f | %.0f | %s |", name, t, seconds.min, seconds.max,
-              BenchStats.median(cpu), cpu.min, cpu.max, opts[:pairs] / t, base ? format("%.2fx", base / t) : "n/a")
+  puts BenchStats.row(name, results[name], [:seconds, cpu_per_pair], format: %w[%.3f %.2f],
+                      base: base, faster: :lower, extra: pairs_per_second)
 end
 puts
 puts "(ratio: #{BASELINE}'s median seconds over the case's, higher is faster)"

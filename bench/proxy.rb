@@ -167,21 +167,9 @@ opts[:transports].each do |transport|
   puts
   puts "| contender | MB/s median | MB/s range | CPU ms/GB median | CPU ms/GB range | vs #{BASELINE} |"
   puts "|---|---:|---:|---:|---:|---:|"
-  base = results[[transport, BASELINE]].map(&:mb_s).compact
-  base = base.empty? ? nil : BenchStats.median(base)
+  base = BenchStats.median_of(results[[transport, BASELINE]], :mb_s)
   contenders.each do |name, _, _|
-    runs = results[[transport, name]]
-    ok = runs.reject(&:error)
-    if ok.empty?
-      puts "| #{name} | failed | | | | |"
-      next
-    end
-    speed = ok.map(&:mb_s)
-    cpu = ok.map(&:cpu_ms_per_gb)
-    note = ok.size < runs.size ? " (#{runs.size - ok.size} of #{runs.size} runs failed)" : ""
-    puts format("| %s%s | %.0f | %.0f–%.0f | %.0f | %.0f–%.0f | %s |", name, note,
-                BenchStats.median(speed), speed.min, speed.max, BenchStats.median(cpu), cpu.min, cpu.max,
-                base ? format("%.2fx", BenchStats.median(speed) / base) : "n/a")
+    puts BenchStats.row(name, results[[transport, name]], %i[mb_s cpu_ms_per_gb], base: base)
   end
   puts
   puts "(MB/s: 10^6 bytes a second from \"ready\" to the consumer's EOF, higher is faster; " \

@@ -96,26 +96,15 @@ TRANSPORTS.each do |transport|
   puts "|---|---:|---:|---:|---:|---:|---:|"
   cases.each do |name, _, _|
     runs = results[[transport, name]]
-    ok = runs.reject(&:error)
-    next if ok.empty?
+    next if runs.all?(&:error)
 
-    medians[[transport, name]] = [BenchStats.median(ok.map(&:seconds)), BenchStats.median(ok.map(&:cpu))]
+    medians[[transport, name]] = [BenchStats.median_of(runs, :seconds), BenchStats.median_of(runs, :cpu)]
   end
   base = medians[[transport, BASELINE]]&.first
+  per_round_trip = ->(ok) { format("%.2f", BenchStats.median_of(ok, :cpu) * 1e6 / round_trips) }
   cases.each do |name, _, _|
-    runs = results[[transport, name]]
-    ok = runs.reject(&:error)
-    if ok.empty?
-      puts "| #{name} | failed | | | | | |"
-      next
-    end
-    seconds = ok.map(&:seconds)
-    cpu = ok.map(&:cpu)
-    t, c = medians[[transport, name]]
-    note = ok.size < runs.size ? " (#{runs.size - ok.size} of #{runs.size} runs failed)" : ""
-    puts format("| %s%s | %.3f | %.3f–%.3f | %.3f | %.3f–%.3f | %.2f | %s |", name, note,
-                t, seconds.min, seconds.max, c, cpu.min, cpu.max, c * 1e6 / round_trips,
-                base ? format("%.2fx", base / t) : "n/a")
+    puts BenchStats.row(name, results[[transport, name]], %i[seconds cpu], format: "%.3f",
+                        base: base, faster: :lower, extra: per_round_trip)
   end
   puts
   puts "(s: wall clock of the exchange; CPU: user + sys of the whole child process, " \

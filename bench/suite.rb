@@ -234,22 +234,13 @@ results = BenchStats.interleave(opts[:runs], keys) do |workload, name|
 end
 
 opts[:workloads].each do |workload|
-  ok = ->(name) { results[[workload, name]].reject(&:error) }
-  base = ok.(BASELINE).map(&:seconds)
-  base = base.empty? ? nil : BenchStats.median(base)
+  base = BenchStats.median_of(results[[workload, BASELINE]], :seconds)
   puts format("### %s (scale %g), %d run(s) interleaved", workload, opts[:scale], opts[:runs])
   puts
   puts "| contender | s median | s range | CPU s median | CPU s range | vs #{BASELINE} |"
   puts "|---|---:|---:|---:|---:|---:|"
   contenders.each do |name, _, _|
-    runs = ok.(name)
-    next puts("| #{name} | failed | | | | |") if runs.empty?
-    t = runs.map(&:seconds)
-    c = runs.map(&:cpu)
-    note = runs.size < opts[:runs] ? " (#{opts[:runs] - runs.size} of #{opts[:runs]} runs failed)" : ""
-    puts format("| %s%s | %.3f | %.3f–%.3f | %.3f | %.3f–%.3f | %s |", name, note,
-                BenchStats.median(t), t.min, t.max, BenchStats.median(c), c.min, c.max,
-                base ? format("%.2fx", base / BenchStats.median(t)) : "n/a")
+    puts BenchStats.row(name, results[[workload, name]], %i[seconds cpu], format: "%.3f", base: base, faster: :lower)
   end
   puts "| UM::FiberScheduler, UM's API | not run: needs Ruby >= 4.0 (--um-ruby PATH) | | | | |" unless opts[:um_ruby]
   puts

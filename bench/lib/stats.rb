@@ -28,6 +28,35 @@ module BenchStats
     results
   end
 
+  # The median of +field+ over the +runs+ that went well, or nil.
+  def median_of(runs, field)
+    values = runs.reject(&:error).map(&field)
+    values.empty? ? nil : median(values)
+  end
+
+  # A markdown table row for +name+ from its +runs+ (each with #error):
+  # the median of each of +fields+ (run methods, or procs of a run) over
+  # the runs that went well, and their range, in +format+ (one, or one per
+  # field), then the +extra+ column (a proc given those runs), then the
+  # ratio of the first field's median to +base+ (its inverse when lower is
+  # faster, +faster: :lower+).  A row of "failed" when no run went well.
+  def row(name, runs, fields, format: "%.0f", base: nil, faster: :higher, extra: nil)
+    ok = runs.reject(&:error)
+    if ok.empty?
+      return "| #{name} | failed |" + " |" * (fields.size * 2 + (extra ? 1 : 0))
+    end
+    note = ok.size < runs.size ? " (#{runs.size - ok.size} of #{runs.size} runs failed)" : ""
+    cells = fields.each_with_index.flat_map do |field, i|
+      f = Array(format)[i] || Array(format).last
+      values = ok.map(&field)
+      [Kernel.format(f, median(values)), "#{Kernel.format(f, values.min)}–#{Kernel.format(f, values.max)}"]
+    end
+    cells << extra.call(ok) if extra
+    m = median_of(ok, fields.first)
+    ratio = base ? Kernel.format("%.2fx", faster == :higher ? m / base : base / m) : "n/a"
+    "| #{name}#{note} | #{cells.join(" | ")} | #{ratio} |"
+  end
+
   # Every run of +results+ (key => [run, ...]) in bench/results/NAME, a
   # line per run: the key's parts, the run's number, then what the block
   # makes of the run.  Returns the path.
