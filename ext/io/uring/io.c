@@ -109,22 +109,29 @@ struct io_args {
     off_t from;                 /* file offset, or -1: the file position */
     int socket;                 /* IORING_OP_RECV/SEND (see io_socket_p) */
     size_t total;               /* transferred so far (inline) */
+    char *base;                 /* the buffer's memory ... */
+    size_t size;                /* ... and size (io_buffer_span) */
 };
 
-/* The buffer's memory, and its size; raises for a buffer the transfer
- * cannot use (read-only for a read, freed) or an offset past its end. */
+/* The buffer's memory and size, once per call: nothing can move or resize
+ * the buffer until the hook returns (the GVL, then the buffer's lock).
+ * Raises for a buffer the transfer cannot use (read-only for a read,
+ * freed) or an offset past its end. */
 static void
-io_buffer_span(struct io_args *a, void **base, size_t *size)
+io_buffer_span(struct io_args *a)
 {
+    void *base;
+
     if (a->dir == IO_READ) {
-        rb_io_buffer_get_bytes_for_writing(a->b.buffer, base, size);
+        rb_io_buffer_get_bytes_for_writing(a->b.buffer, &base, &a->size);
     }
     else {
         const void *cbase;
-        rb_io_buffer_get_bytes_for_reading(a->b.buffer, &cbase, size);
-        *base = (void *)cbase;
+        rb_io_buffer_get_bytes_for_reading(a->b.buffer, &cbase, &a->size);
+        base = (void *)cbase;
     }
-    if (a->offset > *size) rb_raise(rb_eArgError, "offset exceeds buffer size");
+    a->base = base;
+    if (a->offset > a->size) rb_raise(rb_eArgError, "offset exceeds buffer size");
 }
 
 static size_t
@@ -143,21 +150,17 @@ io_chunk(size_t size, size_t offset)
 static VALUE
 io_inline(struct io_args *a)
 {
-    void *base;
-    size_t size;
-
-    io_buffer_span(a, &base, &size);
     for (;;) {
         off_t at = a->from < 0 ? -1 : a->from + (off_t)a->total;
-        ssize_t r = inline_transfer(a->s, a->fd, a->socket, a->dir, (char *)base + a->offset,
-                                    io_chunk(size, a->offset), at);
+        ssize_t r = inline_transfer(a->s, a->fd, a->socket, a->dir, a->base + a->offset,
+                                    io_chunk(a->size, a->offset), at);
 
         if (r == INLINE_RING) return Qundef;
         if (r < 0) return rb_fiber_scheduler_io_result(-1, (int)-r);
         if (r == 0) return SIZET2NUM(a->total);
         a->total += r;
         a->offset += r;
-        if (a->total >= a->length || a->offset >= size) return SIZET2NUM(a->total);
+        if (a->total >= a->length || a->offset >= a->size) return SIZET2NUM(a->total);
     }
 }
 
@@ -166,15 +169,12 @@ io_transfer(VALUE ptr)
 {
     struct io_args *a = (struct io_args *)ptr;
     struct uring_scheduler *s = a->s;
-    void *base;
-    size_t size, total = a->total;
-
-    io_buffer_span(a, &base, &size);
+    size_t size = a->size, total = a->total;
 
     for (;;) {
         struct uring_op op = {0};
         struct io_uring_sqe *sqe;
-        char *p = (char *)base + a->offset;
+        char *p = a->base + a->offset;
         unsigned int n = (unsigned int)io_chunk(size, a->offset);
         uint64_t at = a->from < 0 ? (uint64_t)-1 : (uint64_t)(a->from + total);
         int32_t result;
@@ -259,6 +259,7 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
     a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
     a.socket = a.from < 0 && io_socket_p(io);
     a.total = 0;
+    io_buffer_span(&a);
     {
         VALUE result = io_inline(&a);
         if (!RB_UNDEF_P(result)) return result;
