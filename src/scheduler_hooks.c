@@ -10,10 +10,14 @@
 
   #io_splice: a copy between two descriptors done by the scheduler.
 
+  The socket hooks: #socket_recv, #socket_send, #socket_connect,
+  #socket_accept and #socket_shutdown, which ext/socket calls.
+
 **********************************************************************/
 
 #include "vm_core.h"
 #include "ruby/fiber/scheduler.h"
+#include "ruby/io/buffer.h"
 #include "internal/numeric.h"
 #include "internal/scheduler_hooks.h"
 #include "internal/thread.h"
@@ -21,6 +25,7 @@
 static ID id_fiber_interrupt;
 static ID id_process_fork;
 static ID id_io_splice;
+static ID id_socket_recv, id_socket_send, id_socket_connect, id_socket_accept, id_socket_shutdown;
 
 /* In a forked child: the scheduler the forking thread had in the parent,
  * until rb_fiber_scheduler_fork_child() has offered it #process_fork. */
@@ -230,6 +235,186 @@ rb_fiber_scheduler_io_splice(VALUE scheduler, VALUE from, rb_off_t from_offset, 
 }
 
 /*
+ *  Document-method: Fiber::Scheduler#socket_recv
+ *  call-seq: socket_recv(socket, buffer, flags, from = nil) -> received length or -errno
+ *
+ *  Invoked by BasicSocket#recv and the #recvfrom methods of Socket,
+ *  IPSocket and UNIXSocket in a non-blocking fiber, to receive from
+ *  +socket+ as recv(2) or recvfrom(2) would.
+ *
+ *  * +buffer+: a writable IO::Buffer spanning exactly the bytes to
+ *    receive into (the caller's length).
+ *  * +flags+: the MSG_* flags of recv(2), an Integer.
+ *  * +from+: +nil+ if the caller needs no address; otherwise an empty
+ *    binary String that the hook replaces with the sender's packed address
+ *    (a <tt>struct sockaddr</tt>, as Socket.sockaddr_in makes), or leaves
+ *    empty where recvfrom(2) reports none (a connected stream socket).
+ *
+ *  One call is one transfer: it waits, suspending the fiber, until the
+ *  socket has something to receive, and receives at most the buffer's size
+ *  (one datagram from a datagram socket).  Returns the number of bytes
+ *  received, 0 at end of stream (or an empty datagram), or a negated errno.
+ *  -EAGAIN makes the caller wait with #io_wait and call the hook again, so
+ *  a hook may simply try once without waiting.  A hook that waits itself
+ *  honours IO#timeout of +socket+ (raising IO::TimeoutError), as #io_wait
+ *  does through its +timeout+ argument.
+ *
+ *  Like the other I/O hooks, it is registered as a user of the descriptor
+ *  when the scheduler implements #fiber_interrupt, so IO#close interrupts
+ *  it.  If the scheduler does not implement the hook, the caller uses
+ *  recvfrom(2) and #io_wait.  The non-blocking forms (#recv_nonblock,
+ *  #recvfrom_nonblock) and #recvmsg never call it.
+ */
+VALUE
+rb_fiber_scheduler_socket_recv(VALUE scheduler, VALUE socket, VALUE buffer, int flags, VALUE from)
+{
+    VALUE args[] = {socket, buffer, INT2NUM(flags), from};
+
+    return rb_fiber_scheduler_io_hook(scheduler, socket, id_socket_recv, 4, args, 0);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#socket_send
+ *  call-seq: socket_send(socket, buffer, flags, destination = nil) -> sent length or -errno
+ *
+ *  Invoked by BasicSocket#send (and so Socket#send and UDPSocket#send) in
+ *  a non-blocking fiber, to send on +socket+ as send(2) or sendto(2) would.
+ *
+ *  * +buffer+: a read-only IO::Buffer spanning exactly the bytes to send.
+ *  * +flags+: the MSG_* flags of send(2), an Integer.
+ *  * +destination+: +nil+, or the packed address to send to (a frozen
+ *    binary String).
+ *
+ *  One call is one transfer: it waits, suspending the fiber, until the
+ *  socket can take some of the bytes, and returns how many it took (a
+ *  stream socket may take fewer than the buffer holds, as send(2) may), or
+ *  a negated errno; -EAGAIN makes the caller wait with #io_wait and call
+ *  again.  IO#timeout, IO#close and a missing hook as for #socket_recv.
+ *  #send_nonblock-style calls (#sendmsg_nonblock) and #sendmsg never call
+ *  it.
+ */
+VALUE
+rb_fiber_scheduler_socket_send(VALUE scheduler, VALUE socket, VALUE buffer, int flags, VALUE destination)
+{
+    VALUE args[] = {socket, buffer, INT2NUM(flags), destination};
+
+    return rb_fiber_scheduler_io_hook(scheduler, socket, id_socket_send, 4, args, 0);
+}
+
+struct socket_memory_call {
+    VALUE scheduler, socket, buffer, address;
+    int flags, send;
+};
+
+static VALUE
+socket_memory_call(VALUE ptr)
+{
+    struct socket_memory_call *call = (struct socket_memory_call *)ptr;
+
+    if (call->send) {
+        return rb_fiber_scheduler_socket_send(call->scheduler, call->socket, call->buffer, call->flags, call->address);
+    }
+    return rb_fiber_scheduler_socket_recv(call->scheduler, call->socket, call->buffer, call->flags, call->address);
+}
+
+/* The caller's memory is only borrowed: whatever the hook kept of the
+ * buffer (a slice, a reference) must not reach it afterwards. */
+static VALUE
+socket_memory_release(VALUE buffer)
+{
+    rb_io_buffer_free_locked(buffer);
+    return Qnil;
+}
+
+static VALUE
+socket_memory(struct socket_memory_call *call, void *base, size_t size, enum rb_io_buffer_flags flags)
+{
+    call->buffer = rb_io_buffer_new(base, size, RB_IO_BUFFER_LOCKED | flags);
+    return rb_ensure(socket_memory_call, (VALUE)call, socket_memory_release, call->buffer);
+}
+
+VALUE
+rb_fiber_scheduler_socket_recv_memory(VALUE scheduler, VALUE socket, void *base, size_t size, int flags, VALUE from)
+{
+    struct socket_memory_call call = {scheduler, socket, Qnil, from, flags, 0};
+
+    return socket_memory(&call, base, size, 0);
+}
+
+VALUE
+rb_fiber_scheduler_socket_send_memory(VALUE scheduler, VALUE socket, const void *base, size_t size, int flags, VALUE destination)
+{
+    struct socket_memory_call call = {scheduler, socket, Qnil, destination, flags, 1};
+
+    return socket_memory(&call, (void *)base, size, RB_IO_BUFFER_READONLY);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#socket_connect
+ *  call-seq: socket_connect(socket, address) -> 0 or -errno
+ *
+ *  Invoked by Socket#connect, TCPSocket.new, UNIXSocket.new and
+ *  UDPSocket#connect in a non-blocking fiber, to connect +socket+ to the
+ *  packed +address+ as connect(2) would, waiting (suspending the fiber)
+ *  until the connection is made or fails.  Returns 0, or a negated errno
+ *  (-ECONNREFUSED, ...).  -EINPROGRESS makes the caller wait with
+ *  #io_wait for the connection to finish, as after connect(2) on a
+ *  non-blocking socket.  Not invoked for an explicit +connect_timeout+
+ *  (the caller waits with #io_wait and that timeout) or through SOCKS.
+ *  IO#timeout, IO#close and a missing hook as for #socket_recv.
+ */
+VALUE
+rb_fiber_scheduler_socket_connect(VALUE scheduler, VALUE socket, VALUE address)
+{
+    VALUE args[] = {socket, address};
+
+    return rb_fiber_scheduler_io_hook(scheduler, socket, id_socket_connect, 2, args, 0);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#socket_accept
+ *  call-seq: socket_accept(socket, address) -> descriptor or -errno
+ *
+ *  Invoked by Socket#accept, Socket#sysaccept, TCPServer#accept,
+ *  TCPServer#sysaccept, UNIXServer#accept and UNIXServer#sysaccept in a
+ *  non-blocking fiber, to accept a connection on the listening +socket+ as
+ *  accept4(2) would, waiting (suspending the fiber) until one comes.
+ *  +address+ is an empty binary String that the hook replaces with the
+ *  peer's packed address.
+ *
+ *  Returns the new descriptor, an Integer, which must be close-on-exec and
+ *  non-blocking (accept4(2)'s SOCK_CLOEXEC and SOCK_NONBLOCK): the caller
+ *  owns it from then on.  Or returns a negated errno; -EAGAIN makes the
+ *  caller wait with #io_wait and call again.  IO#timeout, IO#close and a
+ *  missing hook as for #socket_recv.
+ */
+VALUE
+rb_fiber_scheduler_socket_accept(VALUE scheduler, VALUE socket, VALUE address)
+{
+    VALUE args[] = {socket, address};
+
+    return rb_fiber_scheduler_io_hook(scheduler, socket, id_socket_accept, 2, args, 0);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#socket_shutdown
+ *  call-seq: socket_shutdown(socket, how) -> 0 or -errno
+ *
+ *  Invoked by BasicSocket#shutdown in a non-blocking fiber, to shut down
+ *  part of +socket+'s connection as shutdown(2) would; +how+ is
+ *  Socket::SHUT_RD, SHUT_WR or SHUT_RDWR.  Returns 0 or a negated errno.
+ *  shutdown(2) does not wait: the hook lets a scheduler order it after
+ *  the sends it has queued on the socket.
+ */
+VALUE
+rb_fiber_scheduler_socket_shutdown(VALUE scheduler, VALUE socket, int how)
+{
+    VALUE args[] = {socket, INT2NUM(how)};
+
+    return rb_fiber_scheduler_io_hook(scheduler, socket, id_socket_shutdown, 2, args, 0);
+}
+
+/*
  * In the child, from rb_thread_atfork(): the thread's scheduler belongs to
  * the parent.  It is set aside, neither closed nor run.
  */
@@ -292,5 +477,10 @@ Init_scheduler_hooks(void)
     id_fiber_interrupt = rb_intern_const("fiber_interrupt");
     id_process_fork = rb_intern_const("process_fork");
     id_io_splice = rb_intern_const("io_splice");
+    id_socket_recv = rb_intern_const("socket_recv");
+    id_socket_send = rb_intern_const("socket_send");
+    id_socket_connect = rb_intern_const("socket_connect");
+    id_socket_accept = rb_intern_const("socket_accept");
+    id_socket_shutdown = rb_intern_const("socket_shutdown");
     rb_gc_register_address(&inherited_scheduler);
 }

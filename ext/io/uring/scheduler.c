@@ -328,6 +328,7 @@ Init_uring(void)
     rb_define_method(cScheduler, "process_wait", scheduler_process_wait, 2);
     rb_define_method(cScheduler, "fiber", scheduler_fiber, -1);
     rb_define_method(cScheduler, "io_select", scheduler_io_select, -1);
+    Init_uring_socket(cScheduler);
 
     /* The hooks that hand work to threads are written in Ruby. */
     rb_require("io/uring/scheduler");

@@ -20,6 +20,8 @@
     inline.c     inline completion: reads and writes the kernel can
                  answer at once, without the ring
     splice.c     #io_splice and its pool of pipes
+    socket.c     #socket_recv, #socket_send, #socket_connect,
+                 #socket_accept, #socket_shutdown
     close.c      #io_close and #fiber_interrupt
     process.c    #process_wait and #process_fork
     time.c       deadlines, #kernel_sleep, #timeout_after, #block and
@@ -213,6 +215,9 @@ void pipes_release(struct uring_scheduler *s);
 void splice_files_setup(struct uring_scheduler *s);
 void splice_files_drop(struct uring_scheduler *s);
 VALUE scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, VALUE to_offset, VALUE length);
+
+/* socket.c */
+void Init_uring_socket(VALUE cScheduler);
 
 /* close.c */
 void hooks_cancel_interrupted(struct uring_scheduler *s);

@@ -1,0 +1,340 @@
+/**********************************************************************
+
+  io/uring/socket.c - the socket hooks of IO::Uring::Scheduler.
+
+  #socket_recv (IORING_OP_RECV, or IORING_OP_RECVMSG when the caller
+  wants the sender's address), #socket_send (IORING_OP_SEND, or
+  IORING_OP_SENDMSG to an address), #socket_accept (IORING_OP_ACCEPT),
+  #socket_connect (IORING_OP_CONNECT) and #socket_shutdown (shutdown(2),
+  which never waits).  Each is one operation on the ring, with a linked
+  timeout when the socket has an IO#timeout.
+
+**********************************************************************/
+
+#include "uring.h"
+
+#include <sys/socket.h>
+
+struct sock_args {
+    struct uring_scheduler *s;
+    struct io_hook hook;
+    struct uring_op op;
+    int fd;
+    int events;                 /* RUBY_IO_READABLE or WRITABLE: for a timeout's message */
+    int timed;
+    struct __kernel_timespec deadline;
+    /* the operation's own arguments */
+    VALUE buffer;
+    int buffer_locked;
+    void *base;
+    size_t size;
+    int flags;
+    VALUE address;              /* recv, accept: filled; send, connect: read */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_storage ss;
+    } addr;
+    socklen_t addrlen;
+    struct msghdr msg;
+    struct iovec iov;
+    int accepting;              /* an accept was queued ... */
+    int accepted;               /* ... and its descriptor handed to the caller */
+};
+
+static void
+sock_begin(struct sock_args *a, VALUE self, VALUE socket, int events, const char *name)
+{
+    VALUE timeout;
+
+    rb_io_t *fptr;
+
+    memset(a, 0, sizeof(*a));
+    a->s = scheduler_get(self);
+    RB_IO_POINTER(socket, fptr);
+    rb_io_check_closed(fptr);
+    a->fd = fptr->fd;
+    a->events = events;
+    a->buffer = Qnil;
+    a->address = Qnil;
+    timeout = rb_io_timeout(socket);
+    a->timed = !NIL_P(timeout);
+    if (a->timed) a->deadline = deadline_of(timeout);
+    a->hook.name = name;
+}
+
+/* A submission entry for the hook's operation; with IO#timeout, the
+ * operation and its linked timeout go in one submission. */
+static struct io_uring_sqe *
+sock_sqe(struct sock_args *a)
+{
+    if (a->timed) sq_reserve(a->s, 2);
+    hook_check(&a->hook);
+    return op_sqe(a->s, &a->op);
+}
+
+static int32_t
+sock_wait(struct sock_args *a, struct io_uring_sqe *sqe)
+{
+    int32_t result;
+
+    if (a->timed) {
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe = sqe_get(a->s);
+        io_uring_prep_link_timeout(sqe, &a->deadline, IORING_TIMEOUT_ABS);
+        io_uring_sqe_set_data(sqe, NULL);
+    }
+    result = hook_wait(a->s, &a->hook, &a->op);
+    if (result == -ECANCELED && a->timed) {
+        rb_raise(rb_eIOTimeoutError, "Timed out waiting for IO to become %s!",
+                 a->events == RUBY_IO_READABLE ? "readable" : "writable");
+    }
+    return result;
+}
+
+static VALUE
+sock_leave(VALUE ptr)
+{
+    struct sock_args *a = (struct sock_args *)ptr;
+
+    hook_leave(a->s, &a->hook);
+    if (a->buffer_locked) rb_io_buffer_unlock(a->buffer);
+    /* An accept that completed while its fiber was leaving (an interrupt,
+     * a timeout): nobody will own the connection. */
+    if (a->accepting && !a->accepted && !a->op.inflight && a->op.result >= 0) {
+        close(a->op.result);
+    }
+    return Qnil;
+}
+
+static VALUE
+sock_run(struct sock_args *a, VALUE (*body)(VALUE))
+{
+    hook_enter(a->s, &a->hook, a->hook.name, a->fd);
+    return rb_ensure(body, (VALUE)a, sock_leave, (VALUE)a);
+}
+
+/* The buffer's memory, locked while the kernel may use it (the callers'
+ * wrappers come locked: those are left so). */
+static void
+sock_buffer(struct sock_args *a, VALUE buffer, int writing)
+{
+    a->buffer = buffer;
+    if (writing) {
+        rb_io_buffer_get_bytes_for_writing(buffer, &a->base, &a->size);
+    }
+    else {
+        const void *base;
+        rb_io_buffer_get_bytes_for_reading(buffer, &base, &a->size);
+        a->base = (void *)base;
+    }
+    if (a->size > 0x7ffff000) a->size = 0x7ffff000;
+    a->buffer_locked = !rb_io_buffer_try_unlock(buffer);
+    rb_io_buffer_lock(buffer);
+}
+
+static VALUE
+recv_body(VALUE ptr)
+{
+    struct sock_args *a = (struct sock_args *)ptr;
+    struct io_uring_sqe *sqe = sock_sqe(a);
+    int32_t result;
+
+    if (NIL_P(a->address)) {
+        io_uring_prep_recv(sqe, a->fd, a->base, a->size, a->flags);
+    }
+    else {
+        a->iov.iov_base = a->base;
+        a->iov.iov_len = a->size;
+        a->msg.msg_name = &a->addr;
+        a->msg.msg_namelen = sizeof(a->addr);
+        a->msg.msg_iov = &a->iov;
+        a->msg.msg_iovlen = 1;
+        io_uring_prep_recvmsg(sqe, a->fd, &a->msg, (unsigned)a->flags);
+    }
+    result = sock_wait(a, sqe);
+    if (result >= 0 && !NIL_P(a->address)) {
+        rb_str_resize(a->address, 0);
+        rb_str_cat(a->address, (const char *)&a->addr, a->msg.msg_namelen);
+    }
+    return INT2NUM(result);
+}
+
+/*
+ *  call-seq: socket_recv(socket, buffer, flags, from = nil) -> received length or -errno
+ *
+ *  Receives once from +socket+ into +buffer+ with IORING_OP_RECV, or
+ *  IORING_OP_RECVMSG when +from+ is a String, which then receives the
+ *  sender's packed address.  Raises IO::TimeoutError after the socket's
+ *  IO#timeout.
+ */
+static VALUE
+scheduler_socket_recv(int argc, VALUE *argv, VALUE self)
+{
+    struct sock_args a;
+    VALUE socket, buffer, flags, from;
+
+    rb_scan_args(argc, argv, "31", &socket, &buffer, &flags, &from);
+    sock_begin(&a, self, socket, RUBY_IO_READABLE, "socket_recv");
+    a.flags = NUM2INT(flags);
+    if (!NIL_P(from)) {
+        StringValue(from);
+        rb_str_modify(from);
+        a.address = from;
+    }
+    sock_buffer(&a, buffer, 1);
+    /* Nothing to receive into (an empty or freed buffer): 0 at once. */
+    if (a.size == 0) {
+        if (a.buffer_locked) rb_io_buffer_unlock(buffer);
+        return INT2FIX(0);
+    }
+    return sock_run(&a, recv_body);
+}
+
+static VALUE
+send_body(VALUE ptr)
+{
+    struct sock_args *a = (struct sock_args *)ptr;
+    struct io_uring_sqe *sqe = sock_sqe(a);
+
+    if (a->addrlen == 0) {
+        io_uring_prep_send(sqe, a->fd, a->base, a->size, a->flags);
+    }
+    else {
+        a->iov.iov_base = a->base;
+        a->iov.iov_len = a->size;
+        a->msg.msg_name = &a->addr;
+        a->msg.msg_namelen = a->addrlen;
+        a->msg.msg_iov = &a->iov;
+        a->msg.msg_iovlen = 1;
+        io_uring_prep_sendmsg(sqe, a->fd, &a->msg, (unsigned)a->flags);
+    }
+    return INT2NUM(sock_wait(a, sqe));
+}
+
+/* A packed address into a->addr: the kernel reads it after the hook has
+ * let go of the String. */
+static void
+sock_address(struct sock_args *a, VALUE address)
+{
+    StringValue(address);
+    if (RSTRING_LEN(address) > (long)sizeof(a->addr)) {
+        rb_raise(rb_eArgError, "too long socket address");
+    }
+    memcpy(&a->addr, RSTRING_PTR(address), RSTRING_LEN(address));
+    a->addrlen = (socklen_t)RSTRING_LEN(address);
+}
+
+/*
+ *  call-seq: socket_send(socket, buffer, flags, destination = nil) -> sent length or -errno
+ *
+ *  Sends +buffer+ once on +socket+ with IORING_OP_SEND, or
+ *  IORING_OP_SENDMSG to the packed address +destination+.  Raises
+ *  IO::TimeoutError after the socket's IO#timeout.
+ */
+static VALUE
+scheduler_socket_send(int argc, VALUE *argv, VALUE self)
+{
+    struct sock_args a;
+    VALUE socket, buffer, flags, destination;
+
+    rb_scan_args(argc, argv, "31", &socket, &buffer, &flags, &destination);
+    sock_begin(&a, self, socket, RUBY_IO_WRITABLE, "socket_send");
+    a.flags = NUM2INT(flags);
+    if (!NIL_P(destination)) sock_address(&a, destination);
+    sock_buffer(&a, buffer, 0);
+    return sock_run(&a, send_body);
+}
+
+static VALUE
+connect_body(VALUE ptr)
+{
+    struct sock_args *a = (struct sock_args *)ptr;
+    struct io_uring_sqe *sqe = sock_sqe(a);
+
+    io_uring_prep_connect(sqe, a->fd, &a->addr.sa, a->addrlen);
+    return INT2NUM(sock_wait(a, sqe));
+}
+
+/*
+ *  call-seq: socket_connect(socket, address) -> 0 or -errno
+ *
+ *  Connects +socket+ to the packed +address+ with IORING_OP_CONNECT.
+ *  Raises IO::TimeoutError after the socket's IO#timeout.
+ */
+static VALUE
+scheduler_socket_connect(VALUE self, VALUE socket, VALUE address)
+{
+    struct sock_args a;
+
+    sock_begin(&a, self, socket, RUBY_IO_WRITABLE, "socket_connect");
+    sock_address(&a, address);
+    return sock_run(&a, connect_body);
+}
+
+static VALUE
+accept_body(VALUE ptr)
+{
+    struct sock_args *a = (struct sock_args *)ptr;
+    struct io_uring_sqe *sqe = sock_sqe(a);
+    int32_t result;
+
+    a->addrlen = sizeof(a->addr);
+    a->accepting = 1;
+    io_uring_prep_accept(sqe, a->fd, &a->addr.sa, &a->addrlen, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    result = sock_wait(a, sqe);
+    if (result >= 0) {
+        socklen_t len = a->addrlen < sizeof(a->addr) ? a->addrlen : (socklen_t)sizeof(a->addr);
+        rb_str_resize(a->address, 0);
+        rb_str_cat(a->address, (const char *)&a->addr, len);
+        a->accepted = 1;
+    }
+    return INT2NUM(result);
+}
+
+/*
+ *  call-seq: socket_accept(socket, address) -> descriptor or -errno
+ *
+ *  Accepts a connection on the listening +socket+ with IORING_OP_ACCEPT
+ *  (SOCK_CLOEXEC | SOCK_NONBLOCK); +address+ receives the peer's packed
+ *  address.  Raises IO::TimeoutError after the socket's IO#timeout.  A
+ *  connection accepted while the fiber is being interrupted is closed.
+ */
+static VALUE
+scheduler_socket_accept(VALUE self, VALUE socket, VALUE address)
+{
+    struct sock_args a;
+
+    sock_begin(&a, self, socket, RUBY_IO_READABLE, "socket_accept");
+    StringValue(address);
+    rb_str_modify(address);
+    a.address = address;
+    return sock_run(&a, accept_body);
+}
+
+/*
+ *  call-seq: socket_shutdown(socket, how) -> 0 or -errno
+ *
+ *  shutdown(2), at once: it never waits, and a ring operation would only
+ *  add a turn of the loop.
+ */
+static VALUE
+scheduler_socket_shutdown(VALUE self, VALUE socket, VALUE how)
+{
+    rb_io_t *fptr;
+
+    scheduler_get(self);
+    RB_IO_POINTER(socket, fptr);
+    rb_io_check_closed(fptr);
+    if (shutdown(fptr->fd, NUM2INT(how)) < 0) return INT2NUM(-errno);
+    return INT2FIX(0);
+}
+
+void
+Init_uring_socket(VALUE cScheduler)
+{
+    rb_define_method(cScheduler, "socket_recv", scheduler_socket_recv, -1);
+    rb_define_method(cScheduler, "socket_send", scheduler_socket_send, -1);
+    rb_define_method(cScheduler, "socket_connect", scheduler_socket_connect, 2);
+    rb_define_method(cScheduler, "socket_accept", scheduler_socket_accept, 2);
+    rb_define_method(cScheduler, "socket_shutdown", scheduler_socket_shutdown, 2);
+}
