@@ -20,6 +20,13 @@
 #               10 consumers
 #   mutex_cpu   20 groups of 10 fibers, 10,000 regexp matches each under
 #               the group's Mutex
+#   http        an HTTP-server-like loop over TCP on 127.0.0.1: an acceptor
+#               fiber (TCPServer#accept: the socket_accept hook on the
+#               patched ruby) and a fiber per connection, reading requests
+#               with readpartial(4096) and writing a 1 KiB response (io_read,
+#               io_write); 50 client fibers, each making 20 connections
+#               (TCPSocket.new: socket_connect) of 10 keep-alive requests:
+#               1,000 connections, 10,000 requests (not a UM benchmark)
 #
 # Contenders: CRuby's test scheduler (IO.select), Async + io-event (EPoll
 # and URing selectors) and threads on stock 3.4.5; IO::Uring::Scheduler on
@@ -64,8 +71,37 @@ def mutex_writes(spawn, scale)
   end
 end
 
+# What the http workload must have done, checked when the child cleans up
+# (after the timing): a client fiber's exception need not reach the child
+# (Async logs it), so the counts are what proves the work was done.
+class HttpCheck
+  attr_accessor :accepted, :failed
+  attr_reader :responses
+
+  def initialize(clients, expected)
+    @clients = clients
+    @expected = expected
+    @accepted = 0
+    @failed = false
+    @responses = Array.new(clients, 0) # one slot per client: no race in threads
+    @finished = 0
+    @lock = Mutex.new
+  end
+
+  # A client is done; true for the last one.
+  def finish
+    @lock.synchronize { (@finished += 1) == @clients }
+  end
+
+  def close
+    got = @responses.sum
+    raise "http: #{got} responses of #{@expected}, #{@accepted} connections accepted" unless got == @expected
+  end
+end
+
 # Each workload: a lambda that starts its fibers (or threads, given a
-# spawn proc) and returns something to clean up afterwards.
+# spawn proc) and returns something to clean up afterwards: [object, path
+# to delete or nil] pairs, each object closed after the timing.
 WORKLOADS = {
   "pipe" => lambda do |spawn, scale|
     data = ("*" * 1024).freeze
@@ -114,6 +150,78 @@ WORKLOADS = {
       []
     end
   end,
+  "http" => lambda do |spawn, scale|
+    clients = 50
+    per_client = scaled(20, scale)
+    total = clients * per_client
+    body = ("*" * 1024).freeze
+    response = "HTTP/1.1 200 OK\r\nContent-Length: #{body.bytesize}\r\n\r\n#{body}".freeze
+    request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    server = TCPServer.new("127.0.0.1", 0)
+    server.listen(1024)
+    port = server.local_address.ip_port
+    check = HttpCheck.new(clients, total * 10)
+    serve = lambda do |conn| # a variable of its own per connection
+      spawn.call do
+        buffer = String.new
+        loop do
+          buffer << conn.readpartial(4096) until (i = buffer.index("\r\n\r\n"))
+          buffer = buffer.byteslice(i + 4..)
+          conn.write(response)
+        end
+      rescue EOFError
+      ensure
+        conn.close
+      end
+    end
+    # The acceptor takes the expected number of connections and closes the
+    # server: no fiber is left in #accept, and no server is closed under
+    # one (which not every scheduler wakes up).
+    spawn.call do
+      while check.accepted < total
+        conn = server.accept
+        break conn.close if check.failed # woken up by the last client
+        check.accepted += 1
+        serve.call(conn)
+      end
+    ensure
+      server.close
+    end
+    clients.times do |c|
+      spawn.call do
+        per_client.times do
+          TCPSocket.open("127.0.0.1", port) do |sock|
+            buffer = String.new
+            10.times do
+              sock.write(request)
+              buffer << sock.readpartial(4096) until (i = buffer.index("\r\n\r\n"))
+              length = buffer[/\r\ncontent-length: *(\d+)\r\n/i, 1].to_i
+              buffer << sock.readpartial(4096) while buffer.bytesize < i + 4 + length
+              unless buffer.start_with?("HTTP/1.1 200 OK\r\n") && length == body.bytesize &&
+                     buffer.bytesize == i + 4 + length && buffer.byteslice(i + 4, length) == body
+                raise "http: bad response (#{buffer.bytesize} bytes): #{buffer[0, 60].inspect}"
+              end
+              buffer.clear
+              check.responses[c] += 1
+            end
+          end
+        end
+      rescue
+        check.failed = true
+        raise
+      ensure
+        # After a failure the acceptor waits for connections that will not
+        # come: the last client wakes it up with one more.
+        if check.finish && check.failed
+          begin
+            TCPSocket.open("127.0.0.1", port, &:close)
+          rescue SystemCallError # it has closed the server already
+          end
+        end
+      end
+    end
+    [[check, nil]]
+  end,
   "mutex_cpu" => lambda do |spawn, scale|
     n = scaled(10_000, scale)
     str = "foobar" * 100
@@ -154,10 +262,21 @@ def run_workload(name, mode, scale)
          else
            abort "unknown mode #{mode}"
          end
+  spawn = ->(&b) { Fiber.schedule(&b) }
+  if mode == "test-scheduler"
+    # Its #fiber hook transfers to the new fiber, and a fiber that blocks
+    # transfers to the scheduler, never back to the one that spawned it: a
+    # scheduled fiber spawning another (http's acceptor) goes on the ready
+    # list first, or it would never run again.
+    spawn = lambda do |&b|
+      Fiber.scheduler.unblock(nil, Fiber.current) unless Fiber.current.blocking?
+      Fiber.schedule(&b)
+    end
+  end
   Thread.new do
     scheduler = make.call
     Fiber.set_scheduler(scheduler)
-    cleanup = work.call(->(&b) { Fiber.schedule(&b) }, scale)
+    cleanup = work.call(spawn, scale)
     scheduler.join if scheduler.respond_to?(:join) && mode == "um-fs"
   end.join
   cleanup
