@@ -111,7 +111,28 @@ struct io_args {
     size_t total;               /* transferred so far (inline) */
     char *base;                 /* the buffer's memory ... */
     size_t size;                /* ... and size (io_buffer_span) */
+    int timed;                  /* IO#timeout: each operation's deadline */
+    struct __kernel_timespec deadline;
 };
+
+/* Submit `sqe` (of `op`, for hook `h`) with a linked timeout at `deadline`
+ * (reserved with sq_reserve(s, 2) before `sqe` was taken) and wait; the
+ * operation's -ECANCELED after the deadline raises IO::TimeoutError, as a
+ * blocking read or write of an IO with a timeout does. */
+static int32_t
+io_timed_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op,
+              struct io_uring_sqe *sqe, struct __kernel_timespec *deadline)
+{
+    int32_t result;
+
+    sqe->flags |= IOSQE_IO_LINK;
+    sqe = sqe_get(s);
+    io_uring_prep_link_timeout(sqe, deadline, IORING_TIMEOUT_ABS);
+    io_uring_sqe_set_data(sqe, NULL);
+    result = hook_wait(s, h, op);
+    if (result == -ECANCELED) rb_raise(rb_eIOTimeoutError, "Blocking operation timed out!");
+    return result;
+}
 
 /* The buffer's memory and size, once per call: nothing can move or resize
  * the buffer until the hook returns (the GVL, then the buffer's lock).
@@ -179,6 +200,7 @@ io_transfer(VALUE ptr)
         uint64_t at = a->from < 0 ? (uint64_t)-1 : (uint64_t)(a->from + total);
         int32_t result;
 
+        if (a->timed) sq_reserve(s, 2);
         hook_check(&a->hook);
         sqe = op_sqe(s, &op);
         if (a->socket) {
@@ -191,7 +213,8 @@ io_transfer(VALUE ptr)
         else {
             io_uring_prep_write(sqe, a->fd, p, n, at);
         }
-        result = hook_wait(s, &a->hook, &op);
+        result = a->timed ? io_timed_wait(s, &a->hook, &op, sqe, &a->deadline)
+                          : hook_wait(s, &a->hook, &op);
         if (result == -ENOTSOCK && a->socket) {
             a->socket = 0;              /* a terminal, a popen: read(2) */
             continue;
@@ -207,7 +230,17 @@ io_transfer(VALUE ptr)
         }
         else if (result == -EAGAIN || result == -EWOULDBLOCK) {
             if (a->length == 0) return rb_fiber_scheduler_io_result(-1, -result);
-            hook_poll(s, &a->hook, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
+            if (a->timed) {
+                struct uring_op poll = {0};
+                sq_reserve(s, 2);
+                hook_check(&a->hook);
+                sqe = op_sqe(s, &poll);
+                io_uring_prep_poll_add(sqe, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
+                io_timed_wait(s, &a->hook, &poll, sqe, &a->deadline);
+            }
+            else {
+                hook_poll(s, &a->hook, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
+            }
         }
         else if (result == -EINTR) {
             continue;
@@ -259,6 +292,11 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
     a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
     a.socket = a.from < 0 && io_socket_p(io);
     a.total = 0;
+    a.timed = 0;
+    if (RB_TYPE_P(io, T_FILE)) {
+        VALUE timeout = rb_io_timeout(io);
+        if ((a.timed = !NIL_P(timeout))) a.deadline = deadline_of(timeout);
+    }
     io_buffer_span(&a);
     {
         VALUE result = io_inline(&a);
@@ -284,7 +322,9 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
  *  socket), straight into the buffer's memory.  A file or device is
  *  first read with preadv2(2) and RWF_NOWAIT, which completes at once
  *  from the page cache, without a switch to the loop.  Returns the
- *  number of bytes read, or a negated errno.
+ *  number of bytes read, or a negated errno.  With an IO#timeout, each
+ *  operation has a linked timeout, and IO::TimeoutError is raised when it
+ *  expires, as without a scheduler.
  */
 VALUE
 scheduler_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length, VALUE offset)

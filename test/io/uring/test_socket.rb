@@ -188,6 +188,26 @@ class TestIOUringSocket < Test::Unit::TestCase
     a&.close; b&.close; server&.close
   end
 
+  # IO#read and IO#write (#io_read, #io_write) honour IO#timeout too, with
+  # the error a blocking read or write gives without a scheduler.
+  def test_io_read_and_write_timeouts_as_stock
+    r, w = IO.pipe
+    r.timeout = w.timeout = 0.05
+    big = "x" * (1 << 20)
+    stock = [assert_raise(IO::TimeoutError) { r.read(1) }, assert_raise(IO::TimeoutError) { w.write(big) }]
+    r.read_nonblock(1 << 20) rescue nil while IO.select([r], nil, nil, 0)
+    ours = run_scheduler do
+      [assert_raise(IO::TimeoutError) { r.read(1) }, assert_raise(IO::TimeoutError) { r.readpartial(1) },
+       assert_raise(IO::TimeoutError) { w.write(big) }]
+    end
+    assert_equal [stock[0].message] * 2 + [stock[1].message], ours.map(&:message)
+    r.read_nonblock(1 << 20) rescue nil while IO.select([r], nil, nil, 0)
+    r.timeout = 10
+    assert_equal "in time", run_scheduler { Fiber.schedule { w.write("in time") }; r.read(7) }
+  ensure
+    r&.close; w&.close
+  end
+
   # IO#close of a socket a fiber is receiving on interrupts it, as the
   # close of a descriptor a thread waits on does.
   def test_close_interrupts_recv_and_accept
