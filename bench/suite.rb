@@ -18,6 +18,11 @@
 #   mutex_null  the same writes to /dev/null (UM's earlier mutex_io)
 #   queue       40 Queues, each with 5 producers pushing 200,000 items and
 #               10 consumers
+#   handoff     50 pairs of fibers passing a value back and forth through
+#               two Queues, 10,000 times: every pop waits (Fiber::Scheduler
+#               #block) and every push wakes the other fiber (#unblock), so
+#               this is the cost of a block/unblock hand-off (not a UM
+#               benchmark)
 #   mutex_cpu   20 groups of 10 fibers, 10,000 regexp matches each under
 #               the group's Mutex
 #   http        an HTTP-server-like loop over TCP on 127.0.0.1: an acceptor
@@ -221,6 +226,16 @@ WORKLOADS = {
       end
     end
     [[check, nil]]
+  end,
+  "handoff" => lambda do |spawn, scale|
+    n = scaled(10_000, scale)
+    50.times.flat_map do
+      ping = Queue.new
+      pong = Queue.new
+      spawn.call { n.times { |i| ping << i; pong.pop } }
+      spawn.call { n.times { pong << ping.pop } }
+      []
+    end
   end,
   "mutex_cpu" => lambda do |spawn, scale|
     n = scaled(10_000, scale)
