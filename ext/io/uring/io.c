@@ -85,18 +85,11 @@ struct buffer_args {
     int locked;
 };
 
-/* The buffer stays locked while the kernel may write into it.  The
- * wrappers of IO#read and IO#write come locked: those are left so.  (No
- * C function asks; unlocking and locking again is one flag, no call.) */
 static void
 buffer_lock(struct buffer_args *b)
 {
-    int was_locked = rb_io_buffer_try_unlock(b->buffer);
-
-    rb_io_buffer_lock(b->buffer);
-    b->locked = !was_locked;
+    b->locked = uring_buffer_lock(b->buffer);
 }
-
 
 struct io_args {
     struct uring_scheduler *s;
@@ -274,7 +267,7 @@ io_unlock(VALUE ptr)
 static int
 io_socket_p(VALUE io)
 {
-    return RB_TYPE_P(io, T_FILE) && RFILE(io)->fptr && (RFILE(io)->fptr->mode & FMODE_DUPLEX);
+    return RB_TYPE_P(io, T_FILE) && RFILE(io)->fptr && (rb_io_mode(io) & FMODE_DUPLEX);
 }
 
 static VALUE

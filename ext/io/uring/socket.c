@@ -52,7 +52,7 @@ sock_begin(struct sock_args *a, VALUE self, VALUE socket, int events, const char
     a->s = scheduler_get(self);
     RB_IO_POINTER(socket, fptr);
     rb_io_check_closed(fptr);
-    a->fd = fptr->fd;
+    a->fd = rb_io_descriptor(socket);
     a->events = events;
     a->buffer = Qnil;
     a->address = Qnil;
@@ -128,8 +128,7 @@ sock_buffer(struct sock_args *a, VALUE buffer, int writing)
         a->base = (void *)base;
     }
     if (a->size > 0x7ffff000) a->size = 0x7ffff000;
-    a->buffer_locked = !rb_io_buffer_try_unlock(buffer);
-    rb_io_buffer_lock(buffer);
+    a->buffer_locked = uring_buffer_lock(buffer);
 }
 
 static VALUE
@@ -325,7 +324,7 @@ scheduler_socket_shutdown(VALUE self, VALUE socket, VALUE how)
     scheduler_get(self);
     RB_IO_POINTER(socket, fptr);
     rb_io_check_closed(fptr);
-    if (shutdown(fptr->fd, NUM2INT(how)) < 0) return INT2NUM(-errno);
+    if (shutdown(rb_io_descriptor(socket), NUM2INT(how)) < 0) return INT2NUM(-errno);
     return INT2FIX(0);
 }
 

@@ -294,6 +294,26 @@ hook_leave(struct uring_scheduler *s, struct io_hook *h)
     h->prev = h->next = h;
 }
 
+/* Lock `buffer` while the kernel may use its memory; returns whether the
+ * caller must unlock it afterwards.  Where locks are counted
+ * (RB_IO_BUFFER_LOCKS_COUNTED), the hook takes a lock of its own, which no
+ * other holder's unlock can release under it.  Otherwise a buffer holds
+ * one lock: the wrappers of IO#read and IO#write come locked, and are
+ * left so. */
+static inline int
+uring_buffer_lock(VALUE buffer)
+{
+#ifdef RB_IO_BUFFER_LOCKS_COUNTED
+    rb_io_buffer_lock(buffer);
+    return 1;
+#else
+    int was_locked = rb_io_buffer_try_unlock(buffer);
+
+    rb_io_buffer_lock(buffer);
+    return !was_locked;
+#endif
+}
+
 /* Raise what #fiber_interrupt left for this hook: call before starting an
  * operation on the descriptor, and after each one. */
 static inline void
