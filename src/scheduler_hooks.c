@@ -13,6 +13,8 @@
   The socket hooks: #socket_recv, #socket_send, #socket_connect,
   #socket_accept and #socket_shutdown, which ext/socket calls.
 
+  Registered buffers: #io_buffer_register and #io_buffer_unregister.
+
 **********************************************************************/
 
 #include "vm_core.h"
@@ -25,6 +27,7 @@
 static ID id_fiber_interrupt;
 static ID id_process_fork;
 static ID id_io_splice;
+static ID id_io_buffer_register, id_io_buffer_unregister;
 static ID id_socket_recv, id_socket_send, id_socket_connect, id_socket_accept, id_socket_shutdown;
 
 /* In a forked child: the scheduler the forking thread had in the parent,
@@ -415,6 +418,61 @@ rb_fiber_scheduler_socket_shutdown(VALUE scheduler, VALUE socket, int how)
 }
 
 /*
+ *  Document-method: Fiber::Scheduler#io_buffer_register
+ *  call-seq: io_buffer_register(buffer) -> true or false
+ *
+ *  Registers the memory of the IO::Buffer +buffer+ with the kernel for the
+ *  scheduler's operations (io_uring's fixed buffers), so that reads and
+ *  writes into it, or into any slice of it (IO::Buffer#read, #write,
+ *  #pread, #pwrite and the scheduler's #io_read, #io_write, #io_pread and
+ *  #io_pwrite), skip pinning and mapping its pages on every operation.
+ *  The kernel does that work for direct I/O (files opened with O_DIRECT)
+ *  and zero-copy sends; other transfers copy the bytes, and gain little.
+ *  Not called by Ruby itself: applications and libraries call it for the
+ *  buffers they keep, typically one large arena handed out in slices.
+ *
+ *  Eligible buffers own anonymous memory: made by IO::Buffer.new (an
+ *  INTERNAL or MAPPED, not SHARED buffer), not a slice, not the memory of
+ *  a String or a file (EXTERNAL, FILE), not READONLY, not null, at most
+ *  1 GiB.  Others raise ArgumentError; an object that is not an IO::Buffer
+ *  raises TypeError.
+ *
+ *  Returns +true+ once the buffer is registered (also if it was already),
+ *  +false+ if the scheduler cannot register it: no support, a full
+ *  registration table, pinned memory beyond RLIMIT_MEMLOCK (ENOMEM), or
+ *  any other refusal of the kernel.  I/O with the buffer works either way;
+ *  registration only changes its cost.
+ *
+ *  While registered, the buffer holds a lock (IO::Buffer#locked? is true;
+ *  #free, #resize and #transfer raise IO::Buffer::LockedError: the kernel
+ *  keeps the pages) and the scheduler keeps it alive, until
+ *  #io_buffer_unregister or the scheduler closes.  A forked child has no
+ *  registrations: its copies of the buffers are unlocked there.  Call it
+ *  on the scheduler's own thread (an io_uring accepts registrations from
+ *  its submitting thread only); from another thread it raises ThreadError.
+ */
+VALUE
+rb_fiber_scheduler_io_buffer_register(VALUE scheduler, VALUE buffer)
+{
+    return rb_check_funcall(scheduler, id_io_buffer_register, 1, &buffer);
+}
+
+/*
+ *  Document-method: Fiber::Scheduler#io_buffer_unregister
+ *  call-seq: io_buffer_unregister(buffer) -> true or false
+ *
+ *  Ends the registration of +buffer+ (see #io_buffer_register) and releases
+ *  its lock.  Returns +true+ if it was registered, +false+ if not.  An
+ *  operation still using the buffer keeps a lock of its own until it ends,
+ *  and the kernel keeps the pages until then.
+ */
+VALUE
+rb_fiber_scheduler_io_buffer_unregister(VALUE scheduler, VALUE buffer)
+{
+    return rb_check_funcall(scheduler, id_io_buffer_unregister, 1, &buffer);
+}
+
+/*
  * In the child, from rb_thread_atfork(): the thread's scheduler belongs to
  * the parent.  It is set aside, neither closed nor run.
  */
@@ -477,6 +535,8 @@ Init_scheduler_hooks(void)
     id_fiber_interrupt = rb_intern_const("fiber_interrupt");
     id_process_fork = rb_intern_const("process_fork");
     id_io_splice = rb_intern_const("io_splice");
+    id_io_buffer_register = rb_intern_const("io_buffer_register");
+    id_io_buffer_unregister = rb_intern_const("io_buffer_unregister");
     id_socket_recv = rb_intern_const("socket_recv");
     id_socket_send = rb_intern_const("socket_send");
     id_socket_connect = rb_intern_const("socket_connect");

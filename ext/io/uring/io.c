@@ -104,6 +104,7 @@ struct io_args {
     size_t total;               /* transferred so far (inline) */
     char *base;                 /* the buffer's memory ... */
     size_t size;                /* ... and size (io_buffer_span) */
+    int nofixed;                /* a fixed-buffer operation was refused */
     int timed;                  /* IO#timeout: each operation's deadline */
     struct __kernel_timespec deadline;
 };
@@ -191,12 +192,21 @@ io_transfer(VALUE ptr)
         char *p = a->base + a->offset;
         unsigned int n = (unsigned int)io_chunk(size, a->offset);
         uint64_t at = a->from < 0 ? (uint64_t)-1 : (uint64_t)(a->from + total);
+        int slot = a->nofixed ? -1 : fixed_slot(s, p, n);
         int32_t result;
 
         if (a->timed) sq_reserve(s, 2);
         hook_check(&a->hook);
         sqe = op_sqe(s, &op);
-        if (a->socket) {
+        if (slot >= 0) {
+            /* A registered buffer (buffers.c): files, pipes and sockets
+             * alike; the offset of a stream is ignored, -1 is a file's
+             * position. */
+            if (a->dir == IO_READ) io_uring_prep_read_fixed(sqe, a->fd, p, n, at, slot);
+            else io_uring_prep_write_fixed(sqe, a->fd, p, n, at, slot);
+            s->fixed_ops++;
+        }
+        else if (a->socket) {
             if (a->dir == IO_READ) io_uring_prep_recv(sqe, a->fd, p, n, 0);
             else io_uring_prep_send(sqe, a->fd, p, n, 0);
         }
@@ -208,6 +218,12 @@ io_transfer(VALUE ptr)
         }
         result = a->timed ? io_timed_wait(s, &a->hook, &op, sqe, &a->deadline)
                           : hook_wait(s, &a->hook, &op);
+        if (slot >= 0 && (result == -EFAULT || result == -EINVAL || result == -EOPNOTSUPP)) {
+            a->nofixed = 1;             /* refused: the ordinary operation */
+            s->fixed_ops--;
+            s->fixed_refusals++;
+            continue;
+        }
         if (result == -ENOTSOCK && a->socket) {
             a->socket = 0;              /* a terminal, a popen: read(2) */
             continue;
@@ -285,6 +301,7 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
     a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
     a.socket = a.from < 0 && io_socket_p(io);
     a.total = 0;
+    a.nofixed = 0;
     a.timed = 0;
     if (RB_TYPE_P(io, T_FILE)) {
         VALUE timeout = rb_io_timeout(io);

@@ -507,6 +507,7 @@ scheduler_close(VALUE self)
     }
     rb_funcall(self, rb_intern("close_workers"), 0);
     s->closed = 1;
+    fixed_release(s, s->generation == fork_generation);
     ring_release(s);
     return Qnil;
 }

@@ -73,6 +73,9 @@ scheduler_mark(void *ptr)
         rb_gc_mark(s->held[i].klass);
         rb_gc_mark(s->held[i].message);
     }
+    for (i = 0; i < s->fixed_high; i++) {
+        if (s->fixed[i].buffer) rb_gc_mark(s->fixed[i].buffer);
+    }
     if (s->blocked) rb_mark_set(s->blocked);
     if (s->woken) rb_mark_set(s->woken);
 }
@@ -120,6 +123,7 @@ scheduler_free(void *ptr)
     ruby_xfree(s->held);
     ruby_xfree(s->pipes);
     ruby_xfree(s->hints);
+    ruby_xfree(s->fixed);
     ruby_xfree(s);
 }
 
@@ -248,6 +252,7 @@ scheduler_forget_parent(struct uring_scheduler *s)
     close(s->wake_fd);
     s->wake_fd = -1;
     pipes_release(s);           /* the child's copies of the descriptors */
+    fixed_release(s, 0);        /* the child's copies of the buffers: unlocked */
     s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
     s->inflight = 0;
     s->hooks.next = s->hooks.prev = &s->hooks;
@@ -329,6 +334,7 @@ Init_uring(void)
     rb_define_method(cScheduler, "fiber", scheduler_fiber, -1);
     rb_define_method(cScheduler, "io_select", scheduler_io_select, -1);
     Init_uring_socket(cScheduler);
+    Init_uring_buffers(cScheduler);
 
     /* The hooks that hand work to threads are written in Ruby. */
     rb_require("io/uring/scheduler");

@@ -22,6 +22,8 @@
     splice.c     #io_splice and its pool of pipes
     socket.c     #socket_recv, #socket_send, #socket_connect,
                  #socket_accept, #socket_shutdown
+    buffers.c    registered buffers: #io_buffer_register,
+                 #io_buffer_unregister, #io_buffer_stats
     close.c      #io_close and #fiber_interrupt
     process.c    #process_wait and #process_fork
     time.c       deadlines, #kernel_sleep, #timeout_after, #block and
@@ -103,6 +105,13 @@ struct fd_hint {
 /* inline_transfer(): not done, the ring's to do. */
 #define INLINE_RING ((ssize_t)-(1 << 30))
 
+/* A registered IO::Buffer: one slot of the ring's buffer table. */
+struct fixed_buffer {
+    VALUE buffer;               /* 0: the slot is empty */
+    char *base;
+    size_t size;
+};
+
 /* A fiber to resume, or to raise an exception in (timeout_after). */
 struct ready_entry {
     VALUE fiber;
@@ -150,6 +159,14 @@ struct uring_scheduler {
     int file_free[SPLICE_FILE_PAIRS];
     int file_nfree;
     unsigned long file_epoch;   /* bumped when the table is emptied */
+
+    /* buffers.c */
+    struct fixed_buffer *fixed; /* FIXED_SLOTS slots, once the ring has a table */
+    int nfixed;                 /* slots in use ... */
+    int fixed_high;             /* ... all below this one */
+    int fixed_state;            /* 0: no table yet; -1: a table; > 0: the errno that refused it */
+    unsigned long fixed_ops;    /* operations made with READ_FIXED/WRITE_FIXED */
+    unsigned long fixed_refusals;
 
     /* inline.c */
     struct fd_hint *hints;      /* indexed by descriptor */
@@ -218,6 +235,10 @@ VALUE scheduler_io_splice(VALUE self, VALUE from, VALUE from_offset, VALUE to, V
 
 /* socket.c */
 void Init_uring_socket(VALUE cScheduler);
+
+/* buffers.c */
+void Init_uring_buffers(VALUE cScheduler);
+void fixed_release(struct uring_scheduler *s, int ring);
 
 /* close.c */
 void hooks_cancel_interrupted(struct uring_scheduler *s);
@@ -292,6 +313,21 @@ hook_leave(struct uring_scheduler *s, struct io_hook *h)
     h->prev->next = h->next;
     h->next->prev = h->prev;
     h->prev = h->next = h;
+}
+
+/* The slot of the registered buffer that holds the `n` bytes at `p`, or
+ * -1. */
+static inline int
+fixed_slot(const struct uring_scheduler *s, const char *p, size_t n)
+{
+    int i;
+
+    if (s->nfixed == 0) return -1;
+    for (i = 0; i < s->fixed_high; i++) {
+        const struct fixed_buffer *f = &s->fixed[i];
+        if (f->buffer && p >= f->base && n <= f->size && (size_t)(p - f->base) <= f->size - n) return i;
+    }
+    return -1;
 }
 
 /* Lock `buffer` while the kernel may use its memory; returns whether the
