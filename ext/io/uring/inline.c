@@ -23,6 +23,11 @@
     less CPU, 15 % more wall time on 2 cores (the worker overlapped the
     writes with the loop), and a thread that a slow disk or a network file
     system can stop: not kept.
+  - Files opened with O_DIRECT: never.  RWF_NOWAIT does not keep a direct
+    read from waiting for the device (it is issued and waited for on the
+    fiber's thread): 32 fibers reading 4 KiB at random made 20,000 reads
+    a second inline, one at a time, where the ring keeps them in flight
+    together.
   - Pipes, FIFOs and sockets: never.  Tried when the loop had nothing
     else queued, a write with room saved no time and a read that found
     nothing cost a system call: one pair of fibers in ping-pong took 10 %
@@ -61,9 +66,18 @@ note_kind(struct fd_hint *h, int fd)
 {
     struct statx stx;
 
+    int flags;
+
     if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, &stx) < 0) return;
     h->kind = S_ISREG(stx.stx_mode) || S_ISBLK(stx.stx_mode) || S_ISCHR(stx.stx_mode)
         ? FD_KIND_FILE : FD_KIND_OTHER;
+    /* Direct I/O: RWF_NOWAIT keeps the kernel from waiting for locks and
+     * request slots, not for the device: the transfer is issued and
+     * waited for on this thread, one at a time, where the ring keeps many
+     * in flight. */
+    if (h->kind == FD_KIND_FILE && (flags = fcntl(fd, F_GETFL)) >= 0 && (flags & O_DIRECT)) {
+        h->kind = FD_KIND_OTHER;
+    }
 }
 
 static struct fd_hint *
