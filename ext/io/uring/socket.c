@@ -131,6 +131,20 @@ sock_buffer(struct sock_args *a, VALUE buffer, int writing)
     a->buffer_locked = uring_buffer_lock(buffer);
 }
 
+/* A message header over the buffer, with room for (or holding) an
+ * address of `namelen` bytes in a->addr. */
+static struct msghdr *
+sock_msghdr(struct sock_args *a, socklen_t namelen)
+{
+    a->iov.iov_base = a->base;
+    a->iov.iov_len = a->size;
+    a->msg.msg_name = &a->addr;
+    a->msg.msg_namelen = namelen;
+    a->msg.msg_iov = &a->iov;
+    a->msg.msg_iovlen = 1;
+    return &a->msg;
+}
+
 static VALUE
 recv_body(VALUE ptr)
 {
@@ -142,13 +156,7 @@ recv_body(VALUE ptr)
         io_uring_prep_recv(sqe, a->fd, a->base, a->size, a->flags);
     }
     else {
-        a->iov.iov_base = a->base;
-        a->iov.iov_len = a->size;
-        a->msg.msg_name = &a->addr;
-        a->msg.msg_namelen = sizeof(a->addr);
-        a->msg.msg_iov = &a->iov;
-        a->msg.msg_iovlen = 1;
-        io_uring_prep_recvmsg(sqe, a->fd, &a->msg, (unsigned)a->flags);
+        io_uring_prep_recvmsg(sqe, a->fd, sock_msghdr(a, sizeof(a->addr)), (unsigned)a->flags);
     }
     result = sock_wait(a, sqe);
     if (result >= 0 && !NIL_P(a->address)) {
@@ -199,13 +207,7 @@ send_body(VALUE ptr)
         io_uring_prep_send(sqe, a->fd, a->base, a->size, a->flags);
     }
     else {
-        a->iov.iov_base = a->base;
-        a->iov.iov_len = a->size;
-        a->msg.msg_name = &a->addr;
-        a->msg.msg_namelen = a->addrlen;
-        a->msg.msg_iov = &a->iov;
-        a->msg.msg_iovlen = 1;
-        io_uring_prep_sendmsg(sqe, a->fd, &a->msg, (unsigned)a->flags);
+        io_uring_prep_sendmsg(sqe, a->fd, sock_msghdr(a, a->addrlen), (unsigned)a->flags);
     }
     return INT2NUM(sock_wait(a, sqe));
 }
