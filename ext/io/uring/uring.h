@@ -320,12 +320,15 @@ hook_leave(struct uring_scheduler *s, struct io_hook *h)
 static inline int
 fixed_slot(const struct uring_scheduler *s, const char *p, size_t n)
 {
+    uintptr_t at = (uintptr_t)p;
     int i;
 
     if (s->nfixed == 0) return -1;
     for (i = 0; i < s->fixed_high; i++) {
         const struct fixed_buffer *f = &s->fixed[i];
-        if (f->buffer && p >= f->base && n <= f->size && (size_t)(p - f->base) <= f->size - n) return i;
+        uintptr_t base = (uintptr_t)f->base;
+
+        if (f->buffer && at >= base && n <= f->size && at - base <= f->size - n) return i;
     }
     return -1;
 }
