@@ -293,8 +293,7 @@ rb_fiber_scheduler_socket_recv(VALUE scheduler, VALUE socket, VALUE buffer, int 
  *  stream socket may take fewer than the buffer holds, as send(2) may), or
  *  a negated errno; -EAGAIN makes the caller wait with #io_wait and call
  *  again.  IO#timeout, IO#close and a missing hook as for #socket_recv.
- *  #send_nonblock-style calls (#sendmsg_nonblock) and #sendmsg never call
- *  it.
+ *  #sendmsg and #sendmsg_nonblock never call it.
  */
 VALUE
 rb_fiber_scheduler_socket_send(VALUE scheduler, VALUE socket, VALUE buffer, int flags, VALUE destination)
