@@ -99,13 +99,15 @@ class TestFiberSocketHooks < Test::Unit::TestCase
   # outer fiber.)
   def run_with(klass = HookScheduler, before: [], after: [])
     result = nil
+    finished = false
     Thread.new do
       scheduler = klass.new
       Fiber.set_scheduler(scheduler)
       before.each { |b| Fiber.schedule(&b) }
-      Fiber.schedule { result = yield scheduler }
+      Fiber.schedule { result = yield scheduler; finished = true }
       after.each { |b| Fiber.schedule(&b) }
     end.join(30) or flunk("the scheduler thread hung")
+    assert finished, "the scheduled block did not run to its end"
     result
   end
 

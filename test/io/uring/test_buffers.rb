@@ -15,13 +15,17 @@ class TestIOUringBuffers < Test::Unit::TestCase
     Warning[:experimental] = false
   end
 
+  # The block's value, from a fiber of a new scheduler; fails unless the
+  # block ran to its end.
   def run_scheduler
     result = nil
+    finished = false
     Thread.new do
       scheduler = IO::Uring::Scheduler.new
       Fiber.set_scheduler(scheduler)
-      Fiber.schedule { result = yield scheduler }
+      Fiber.schedule { result = yield scheduler; finished = true }
     end.join(30) or flunk("the scheduler thread hung")
+    assert finished, "the scheduled block did not run to its end"
     result
   end
 
@@ -172,11 +176,11 @@ class TestIOUringBuffers < Test::Unit::TestCase
   def test_interrupt_and_close_during_a_fixed_read
     r, w = IO.pipe
     r2, w2 = IO.pipe
-    run_scheduler do |s|
+    done = run_scheduler do |s|
       arena = IO::Buffer.new(1 << 16)
       s.io_buffer_register(arena)
       f = Fiber.schedule { arena.slice(0, 10).read(r, 10) rescue $! }
-      f.raise(RuntimeError, "interrupted")
+      Fiber.schedule { f.raise(RuntimeError, "interrupted") }
       errors = []
       Fiber.schedule { errors << (arena.slice(16, 10).read(r2, 10) rescue $!) }
       r2.close
@@ -185,7 +189,9 @@ class TestIOUringBuffers < Test::Unit::TestCase
       assert_equal 1, s.io_buffer_stats[:registered]
       assert_equal true, s.io_buffer_unregister(arena)
       refute_predicate arena, :locked?, "no operation's lock left behind"
+      :done
     end
+    assert_equal :done, done
   ensure
     [r, w, r2, w2].each { |io| io.close unless io.closed? }
   end

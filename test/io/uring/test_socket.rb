@@ -12,12 +12,16 @@ require_relative 'uring_test_helper'
 class TestIOUringSocket < Test::Unit::TestCase
   include IOUringTestHelper
 
+  # The block's value, from a fiber of a new scheduler; fails unless the
+  # block ran to its end (a fiber lost on the way would skip the rest).
   def run_scheduler(&block)
     result = nil
+    finished = false
     Thread.new do
       Fiber.set_scheduler(IO::Uring::Scheduler.new)
-      Fiber.schedule { result = block.call }
+      Fiber.schedule { result = block.call; finished = true }
     end.join(30) or flunk("the scheduler thread hung")
+    assert finished, "the scheduled block did not run to its end"
     result
   end
 
@@ -235,14 +239,17 @@ class TestIOUringSocket < Test::Unit::TestCase
   def test_interrupts
     a, b = UNIXSocket.pair
     server = TCPServer.new("127.0.0.1", 0)
-    run_scheduler do
+    done = run_scheduler do
       assert_raise(Timeout::Error) { Timeout.timeout(0.02) { a.recv(10) } }
       assert_raise(Timeout::Error) { Timeout.timeout(0.02) { server.accept } }
       f = Fiber.schedule { a.recv(10) rescue $! }
-      f.raise(RuntimeError, "stop")
+      # From a fiber of its own: the raiser is lost when f ends (transfer).
+      Fiber.schedule { f.raise(RuntimeError, "stop") }
       b.send("after", 0)
       assert_equal "after", a.recv(10), "the cancelled receive took nothing"
+      :done
     end
+    assert_equal :done, done
     t = Thread.new do
       Fiber.set_scheduler(IO::Uring::Scheduler.new)
       Fiber.schedule { server.accept }
@@ -261,13 +268,14 @@ class TestIOUringSocket < Test::Unit::TestCase
     server = TCPServer.new("127.0.0.1", 0)
     port = server.addr[1]
     clients = []
-    run_scheduler do
-      20.times do
+    rounds = run_scheduler do
+      20.times.count do
         f = Fiber.schedule { server.accept.close rescue nil }
         clients << TCPSocket.new("127.0.0.1", port)
-        f.raise(RuntimeError, "interrupt") if f.alive?
+        Fiber.schedule { f.raise(RuntimeError, "interrupt") if f.alive? }
       end
     end
+    assert_equal 20, rounds
   ensure
     clients.each(&:close)
     server&.close
