@@ -472,6 +472,17 @@ rb_fiber_scheduler_io_buffer_unregister(VALUE scheduler, VALUE buffer)
 }
 
 /*
+ * A scheduler's own operation on `io` (see ruby/fiber/scheduler.h), with
+ * the current fiber registered as a user of the descriptor, as the I/O
+ * hooks are.
+ */
+VALUE
+rb_fiber_scheduler_io_operation(VALUE io, VALUE (*function)(VALUE), VALUE argument)
+{
+    return rb_thread_io_scheduler_call(io, function, argument);
+}
+
+/*
  * In the child, from rb_thread_atfork(): the thread's scheduler belongs to
  * the parent.  It is set aside, neither closed nor run.
  */

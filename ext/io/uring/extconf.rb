@@ -12,6 +12,8 @@ if RUBY_PLATFORM.include?("linux") && with_config("liburing", true)
      have_library("uring", "io_uring_queue_init_params", "liburing.h") &&
      have_func("io_uring_prep_waitid", "liburing.h")
     have_header("sys/eventfd.h")
+    # A ruby with the series' patch 8: #read_pooled registers with IO#close.
+    have_func("rb_fiber_scheduler_io_operation", "ruby/fiber/scheduler.h")
     # Keep liburing's symbols out of the extension's exports, where
     # Init_uring is the only one.
     exclude = " -Wl,--exclude-libs,ALL"

@@ -263,6 +263,7 @@ reap(struct uring_scheduler *s)
             continue;
         }
         op->result = cqe_result(cqe->res);
+        op->cqe_flags = cqe->flags;
         op->inflight = 0;
         op->prev->next = op->next;
         op->next->prev = op->prev;
@@ -508,6 +509,7 @@ scheduler_close(VALUE self)
     rb_funcall(self, rb_intern("close_workers"), 0);
     s->closed = 1;
     fixed_release(s, s->generation == fork_generation);
+    pbuf_release(s);
     ring_release(s);
     return Qnil;
 }

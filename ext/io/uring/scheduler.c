@@ -116,6 +116,7 @@ scheduler_free(void *ptr)
             reap(s);
         }
     }
+    pbuf_release(s);
     ring_release(s);
     if (s->blocked) st_free_table(s->blocked);
     if (s->woken) st_free_table(s->woken);
@@ -253,6 +254,7 @@ scheduler_forget_parent(struct uring_scheduler *s)
     s->wake_fd = -1;
     pipes_release(s);           /* the child's copies of the descriptors */
     fixed_release(s, 0);        /* the child's copies of the buffers: unlocked */
+    pbuf_forget(s);
     s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
     s->inflight = 0;
     s->hooks.next = s->hooks.prev = &s->hooks;
@@ -335,6 +337,7 @@ Init_uring(void)
     rb_define_method(cScheduler, "io_select", scheduler_io_select, -1);
     Init_uring_socket(cScheduler);
     Init_uring_buffers(cScheduler);
+    Init_uring_pbuf(cScheduler);
 
     /* The hooks that hand work to threads are written in Ruby. */
     rb_require("io/uring/scheduler");

@@ -24,6 +24,8 @@
                  #socket_accept, #socket_shutdown
     buffers.c    registered buffers: #io_buffer_register,
                  #io_buffer_unregister, #io_buffer_stats
+    pbuf.c       reads into buffers the kernel picks from a pool:
+                 #read_pooled, #read_pool, #read_pool_stats
     close.c      #io_close and #fiber_interrupt
     process.c    #process_wait and #process_fork
     time.c       deadlines, #kernel_sleep, #timeout_after, #block and
@@ -78,6 +80,7 @@ struct uring_op {
     int fd;
     /* Must run even when its fiber leaves (a close): not disarmed. */
     int keep;
+    uint32_t cqe_flags;         /* the completion's flags (IORING_CQE_F_*) */
 };
 
 /* A fiber inside an I/O hook (io_wait, io_read, ...), on its stack: what
@@ -168,6 +171,9 @@ struct uring_scheduler {
     unsigned long fixed_ops;    /* operations made with READ_FIXED/WRITE_FIXED */
     unsigned long fixed_refusals;
 
+    /* pbuf.c: the pool of #read_pooled, or NULL */
+    struct pbuf_pool *pbuf;
+
     /* inline.c */
     struct fd_hint *hints;      /* indexed by descriptor */
     int nhints;
@@ -240,6 +246,11 @@ void Init_uring_socket(VALUE cScheduler);
 void Init_uring_buffers(VALUE cScheduler);
 void fixed_release(struct uring_scheduler *s, int ring);
 
+/* pbuf.c */
+void Init_uring_pbuf(VALUE cScheduler);
+void pbuf_release(struct uring_scheduler *s);
+void pbuf_forget(struct uring_scheduler *s);
+
 /* close.c */
 void hooks_cancel_interrupted(struct uring_scheduler *s);
 VALUE scheduler_io_close(VALUE self, VALUE fd);
@@ -281,6 +292,7 @@ op_sqe(struct uring_scheduler *s, struct uring_op *op)
     op->opcode = IORING_OP_NOP;     /* until sq_note() */
     op->fd = -1;
     op->keep = 0;
+    op->cqe_flags = 0;
     op->next = &s->inflight_ops;
     op->prev = s->inflight_ops.prev;
     s->inflight_ops.prev->next = op;
