@@ -121,6 +121,31 @@ class TestIOUringBuffers < Test::Unit::TestCase
     server&.close
   end
 
+  # A regular file through the page cache: reads are answered inline
+  # (RWF_NOWAIT) where the page cache has them, writes the file system
+  # cannot make without waiting go to the ring, and fixed; either way the
+  # bytes are right.
+  def test_regular_file_through_a_registered_buffer
+    path = File.join(Dir.tmpdir, "test_uring_buffers_file_#{$$}")
+    data = Random.new(4).bytes(3 * 4096 + 100)
+    result = run_scheduler do |s|
+      arena = IO::Buffer.new(1 << 16)
+      s.io_buffer_register(arena)
+      out = arena.slice(0, data.bytesize)
+      out.set_string(data)
+      File.open(path, "w+") do |f|
+        out.pwrite(f, 0, data.bytesize)
+        into = arena.slice(32768, data.bytesize)
+        into.pread(f, 0, data.bytesize)
+        into.get_string
+      end
+    end
+    assert_equal data, result
+    assert_equal data, File.binread(path)
+  ensure
+    File.unlink(path) if path && File.exist?(path)
+  end
+
   def test_o_direct_pread_uses_the_fixed_path
     path = File.join(Dir.tmpdir, "test_uring_buffers_#{$$}")
     data = Random.new(3).bytes(64 * 1024)
