@@ -5,7 +5,7 @@
 
   A fiber in IO#readpartial holds its buffer (a String of the length it
   asked for) for as long as it waits: 10,000 connections waiting for
-  16 KiB each hold 160 MiB that no byte has reached.  #read_pooled waits
+  16 KiB each hold 156 MiB that no byte has reached.  #read_pooled waits
   with no buffer at all: the read is submitted with IOSQE_BUFFER_SELECT,
   and when data comes the kernel takes a buffer from the scheduler's
   pool, a provided-buffer ring (IORING_REGISTER_PBUF_RING); the fiber
