@@ -31,19 +31,11 @@ io_wait_poll(VALUE ptr)
     struct io_uring_sqe *sqe;
     int32_t result;
 
-    /* The poll and its timeout go in one submission: were the queue to
-     * fill between them, the poll would be submitted alone, unlinked. */
     if (a->timed) sq_reserve(s, 2);
     hook_check(&a->hook);
     sqe = op_sqe(s, &op);
     io_uring_prep_poll_add(sqe, a->fd, a->mask);
-    if (a->timed) {
-        sqe->flags |= IOSQE_IO_LINK;
-        sqe = sqe_get(s);
-        io_uring_prep_link_timeout(sqe, &a->deadline, IORING_TIMEOUT_ABS);
-        io_uring_sqe_set_data(sqe, NULL);
-    }
-    result = hook_wait(s, &a->hook, &op);
+    result = hook_wait_until(s, &a->hook, &op, sqe, a->timed ? &a->deadline : NULL);
     if (result == -ECANCELED) return Qfalse;
     if (result < 0) rb_syserr_fail(-result, "io_wait");
     /* An error or hang-up makes every requested event "ready": the next
@@ -109,23 +101,12 @@ struct io_args {
     struct __kernel_timespec deadline;
 };
 
-/* Submit `sqe` (of `op`, for hook `h`) with a linked timeout at `deadline`
- * (reserved with sq_reserve(s, 2) before `sqe` was taken) and wait; the
- * operation's -ECANCELED after the deadline raises IO::TimeoutError, as a
- * blocking read or write of an IO with a timeout does. */
-static int32_t
-io_timed_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op,
-              struct io_uring_sqe *sqe, struct __kernel_timespec *deadline)
+/* An operation of an IO with IO#timeout whose deadline came first: what a
+ * blocking read or write of that IO raises. */
+static void
+io_deadline_check(int32_t result)
 {
-    int32_t result;
-
-    sqe->flags |= IOSQE_IO_LINK;
-    sqe = sqe_get(s);
-    io_uring_prep_link_timeout(sqe, deadline, IORING_TIMEOUT_ABS);
-    io_uring_sqe_set_data(sqe, NULL);
-    result = hook_wait(s, h, op);
     if (result == -ECANCELED) rb_raise(rb_eIOTimeoutError, "Blocking operation timed out!");
-    return result;
 }
 
 /* The buffer's memory and size, once per call: nothing can move or resize
@@ -216,8 +197,8 @@ io_transfer(VALUE ptr)
         else {
             io_uring_prep_write(sqe, a->fd, p, n, at);
         }
-        result = a->timed ? io_timed_wait(s, &a->hook, &op, sqe, &a->deadline)
-                          : hook_wait(s, &a->hook, &op);
+        result = hook_wait_until(s, &a->hook, &op, sqe, a->timed ? &a->deadline : NULL);
+        if (a->timed) io_deadline_check(result);
         if (slot >= 0 && (result == -EFAULT || result == -EINVAL || result == -EOPNOTSUPP)) {
             a->nofixed = 1;             /* refused: the ordinary operation */
             s->fixed_ops--;
@@ -239,17 +220,9 @@ io_transfer(VALUE ptr)
         }
         else if (result == -EAGAIN || result == -EWOULDBLOCK) {
             if (a->length == 0) return rb_fiber_scheduler_io_result(-1, -result);
-            if (a->timed) {
-                struct uring_op poll = {0};
-                sq_reserve(s, 2);
-                hook_check(&a->hook);
-                sqe = op_sqe(s, &poll);
-                io_uring_prep_poll_add(sqe, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
-                io_timed_wait(s, &a->hook, &poll, sqe, &a->deadline);
-            }
-            else {
-                hook_poll(s, &a->hook, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT);
-            }
+            int32_t ready = hook_poll(s, &a->hook, a->fd, a->dir == IO_READ ? POLLIN : POLLOUT,
+                                      a->timed ? &a->deadline : NULL);
+            if (a->timed) io_deadline_check(ready);
         }
         else if (result == -EINTR) {
             continue;

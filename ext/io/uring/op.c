@@ -114,15 +114,38 @@ hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op)
     return result;
 }
 
-/* Block the hook's fiber until `fd` is ready for `mask` (a descriptor
- * that answered EAGAIN).  Returns the poll's result: the ready events or
- * a negated errno. */
+/* hook_wait for `op`, whose submission entry `sqe` was taken after
+ * sq_reserve(s, 2) when `deadline` is given: a timeout linked to it at the
+ * absolute `deadline` goes in the same submission (were the queue to fill
+ * between them, the operation would go alone, unlinked).  The operation
+ * answers -ECANCELED if the deadline came first. */
 int32_t
-hook_poll(struct uring_scheduler *s, struct io_hook *h, int fd, int mask)
+hook_wait_until(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op,
+                struct io_uring_sqe *sqe, const struct __kernel_timespec *deadline)
+{
+    if (deadline) {
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe = sqe_get(s);
+        io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)deadline, IORING_TIMEOUT_ABS);
+        io_uring_sqe_set_data(sqe, NULL);
+    }
+    return hook_wait(s, h, op);
+}
+
+/* Block the hook's fiber until `fd` is ready for `mask` (a descriptor
+ * that answered EAGAIN), or until `deadline` (absolute; NULL: none).
+ * Returns the poll's result: the ready events, -ECANCELED at the
+ * deadline, or a negated errno. */
+int32_t
+hook_poll(struct uring_scheduler *s, struct io_hook *h, int fd, int mask,
+          const struct __kernel_timespec *deadline)
 {
     struct uring_op op = {0};
+    struct io_uring_sqe *sqe;
 
+    if (deadline) sq_reserve(s, 2);
     hook_check(h);
-    io_uring_prep_poll_add(op_sqe(s, &op), fd, mask);
-    return hook_wait(s, h, &op);
+    sqe = op_sqe(s, &op);
+    io_uring_prep_poll_add(sqe, fd, mask);
+    return hook_wait_until(s, h, &op, sqe, deadline);
 }

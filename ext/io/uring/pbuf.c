@@ -73,7 +73,9 @@ pool_release(struct pbuf_pool *p, unsigned int bid)
 }
 
 /* Before the ring is released (#close, freeing): the buffer ring is
- * unregistered and unmapped, the buffers unmapped. */
+ * unregistered and unmapped, the buffers unmapped.  In a forked child
+ * (the ring is the parent's, and ring_live is off already) the child's
+ * copies of both are only unmapped. */
 void
 pbuf_release(struct uring_scheduler *s)
 {
@@ -84,23 +86,6 @@ pbuf_release(struct uring_scheduler *s)
         io_uring_free_buf_ring(&s->ring, p->br, p->count, PBUF_GROUP) < 0) {
         munmap(p->br, (size_t)p->count * sizeof(struct io_uring_buf));
     }
-    munmap(p->base, (size_t)p->count * p->size);
-    ruby_xfree(p->consumed);
-    ruby_xfree(p->pending);
-    ruby_xfree(p->done);
-    ruby_xfree(p);
-    s->pbuf = NULL;
-}
-
-/* In a forked child: the pool's ring is the parent's; the child's copies
- * of its memory and of the buffer ring are only unmapped. */
-void
-pbuf_forget(struct uring_scheduler *s)
-{
-    struct pbuf_pool *p = s->pbuf;
-
-    if (!p) return;
-    munmap(p->br, (size_t)p->count * sizeof(struct io_uring_buf));
     munmap(p->base, (size_t)p->count * p->size);
     ruby_xfree(p->consumed);
     ruby_xfree(p->pending);
@@ -217,7 +202,7 @@ pooled_body(VALUE ptr)
             ssize_t n;
 
             p->fallbacks++;
-            hook_poll(s, &r->hook, r->fd, POLLIN);
+            hook_poll(s, &r->hook, r->fd, POLLIN, NULL);
             n = read(r->fd, RSTRING_PTR(str), r->length);
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
             if (n < 0) rb_sys_fail("read");

@@ -254,7 +254,7 @@ scheduler_forget_parent(struct uring_scheduler *s)
     s->wake_fd = -1;
     pipes_release(s);           /* the child's copies of the descriptors */
     fixed_release(s, 0);        /* the child's copies of the buffers: unlocked */
-    pbuf_forget(s);
+    pbuf_release(s);            /* ring_live is off: only unmapped */
     s->inflight_ops.next = s->inflight_ops.prev = &s->inflight_ops;
     s->inflight = 0;
     s->hooks.next = s->hooks.prev = &s->hooks;

@@ -75,15 +75,8 @@ sock_sqe(struct sock_args *a)
 static int32_t
 sock_wait(struct sock_args *a, struct io_uring_sqe *sqe)
 {
-    int32_t result;
+    int32_t result = hook_wait_until(a->s, &a->hook, &a->op, sqe, a->timed ? &a->deadline : NULL);
 
-    if (a->timed) {
-        sqe->flags |= IOSQE_IO_LINK;
-        sqe = sqe_get(a->s);
-        io_uring_prep_link_timeout(sqe, &a->deadline, IORING_TIMEOUT_ABS);
-        io_uring_sqe_set_data(sqe, NULL);
-    }
-    result = hook_wait(a->s, &a->hook, &a->op);
     if (result == -ECANCELED && a->timed) {
         rb_raise(rb_eIOTimeoutError, "Timed out waiting for IO to become %s!",
                  a->events == RUBY_IO_READABLE ? "readable" : "writable");

@@ -466,7 +466,7 @@ splice_direct(struct splice_args *a)
                 if (left == 0) a->dirty[0] = 0;
             }
             else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                int32_t r = hook_poll(s, &a->hook, a->to, POLLOUT);
+                int32_t r = hook_poll(s, &a->hook, a->to, POLLOUT, NULL);
                 if (r < 0 && r != -EINTR && r != -ECANCELED) return INT2NUM(r);
             }
             else if (n == 0 || errno != EINTR) {
@@ -489,7 +489,7 @@ splice_direct(struct splice_args *a)
             if (a->done > 0) return SIZET2NUM(a->done);
             if (n == 0) return INT2FIX(0);
             {
-                int32_t r = hook_poll(s, &a->hook, a->from, POLLIN);
+                int32_t r = hook_poll(s, &a->hook, a->from, POLLIN, NULL);
                 if (r < 0 && r != -EINTR && r != -ECANCELED) return INT2NUM(r);
             }
         }

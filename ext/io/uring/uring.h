@@ -218,7 +218,10 @@ void op_cancel(struct uring_scheduler *s, struct uring_op *op);
 void op_cancel_and_reap(struct uring_scheduler *s, struct uring_op *op);
 void timer_cancel(struct uring_scheduler *s, struct uring_op *timer);
 int32_t hook_wait(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op);
-int32_t hook_poll(struct uring_scheduler *s, struct io_hook *h, int fd, int mask);
+int32_t hook_wait_until(struct uring_scheduler *s, struct io_hook *h, struct uring_op *op,
+                        struct io_uring_sqe *sqe, const struct __kernel_timespec *deadline);
+int32_t hook_poll(struct uring_scheduler *s, struct io_hook *h, int fd, int mask,
+                  const struct __kernel_timespec *deadline);
 
 /* io.c */
 VALUE scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout);
@@ -249,7 +252,6 @@ void fixed_release(struct uring_scheduler *s, int ring);
 /* pbuf.c */
 void Init_uring_pbuf(VALUE cScheduler);
 void pbuf_release(struct uring_scheduler *s);
-void pbuf_forget(struct uring_scheduler *s);
 
 /* close.c */
 void hooks_cancel_interrupted(struct uring_scheduler *s);
