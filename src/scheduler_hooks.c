@@ -15,6 +15,8 @@
 
   Registered buffers: #io_buffer_register and #io_buffer_unregister.
 
+  Process handles: #process_open, and #process_wait given a handle.
+
 **********************************************************************/
 
 #include "vm_core.h"
@@ -26,6 +28,7 @@
 
 static ID id_fiber_interrupt;
 static ID id_process_fork;
+static ID id_process_open, id_process_wait;
 static ID id_io_splice;
 static ID id_io_buffer_register, id_io_buffer_unregister;
 static ID id_socket_recv, id_socket_send, id_socket_connect, id_socket_accept, id_socket_shutdown;
@@ -539,11 +542,57 @@ rb_fiber_scheduler_fork_child(void)
     return result;
 }
 
+/*
+ *  Document-method: Fiber::Scheduler#process_open
+ *  call-seq: process_open(handle) -> true or false
+ *
+ *  Invoked when a non-blocking fiber of this scheduler's thread creates a
+ *  Process::Handle (Process::Handle.spawn, .fork in the parent, .open),
+ *  once, before the handle is returned.  Optional.
+ *
+ *  A truthy result adopts the handle.  Waits without a timeout on an
+ *  adopted handle from this scheduler's fibers (Process::Handle#wait,
+ *  Process.wait(handle), Process::Status.wait(handle)) then call
+ *  #process_wait with the handle in place of a pid:
+ *
+ *    process_wait(handle, flags) -> Process::Status
+ *
+ *  which should suspend the fiber until the process has exited and return
+ *  <tt>handle.wait_nonblock</tt> (which reaps it through its pidfd and
+ *  caches the status for every other waiter), or return early and let
+ *  core wait for readability of <tt>handle.to_io</tt> with #io_wait.  It
+ *  should not raise Errno::ECHILD: core reports it.  A scheduler that
+ *  does not adopt a handle never sees one in #process_wait; waits then go
+ *  through #io_wait on the pidfd.
+ *
+ *  Adoption is what lets a scheduler wait for the exit itself (with
+ *  IORING_OP_WAITID, say) and know the children its fibers created, to
+ *  supervise them or decide what happens to them when it closes.
+ *  Exceptions propagate to the method that created the handle, which
+ *  keeps the handle open: the child exists either way.
+ */
+VALUE
+rb_fiber_scheduler_process_open(VALUE scheduler, VALUE handle)
+{
+    return rb_check_funcall(scheduler, id_process_open, 1, &handle);
+}
+
+/* The hook is registered as a user of the pidfd `io`: IO#close of it
+ * interrupts the wait as it interrupts I/O hooks. */
+VALUE
+rb_fiber_scheduler_process_wait_handle(VALUE scheduler, VALUE handle, VALUE io, int flags)
+{
+    VALUE args[2] = {handle, INT2NUM(flags)};
+    return rb_fiber_scheduler_io_hook(scheduler, io, id_process_wait, 2, args, 0);
+}
+
 void
 Init_scheduler_hooks(void)
 {
     id_fiber_interrupt = rb_intern_const("fiber_interrupt");
     id_process_fork = rb_intern_const("process_fork");
+    id_process_open = rb_intern_const("process_open");
+    id_process_wait = rb_intern_const("process_wait");
     id_io_splice = rb_intern_const("io_splice");
     id_io_buffer_register = rb_intern_const("io_buffer_register");
     id_io_buffer_unregister = rb_intern_const("io_buffer_unregister");

@@ -22,4 +22,9 @@ struct rb_thread_struct;
 void rb_fiber_scheduler_atfork(struct rb_thread_struct *th);
 VALUE rb_fiber_scheduler_fork_child(void);
 
+/* #process_wait(handle, flags) for a handle the scheduler adopted through
+ * #process_open, registered as a user of its pidfd `io`: Qundef when the
+ * scheduler does not implement #process_wait. */
+VALUE rb_fiber_scheduler_process_wait_handle(VALUE scheduler, VALUE handle, VALUE io, int flags);
+
 #endif /* INTERNAL_SCHEDULER_HOOKS_H */

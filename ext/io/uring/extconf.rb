@@ -14,6 +14,9 @@ if RUBY_PLATFORM.include?("linux") && with_config("liburing", true)
     have_header("sys/eventfd.h")
     # A ruby with the series' patch 8: #read_pooled registers with IO#close.
     have_func("rb_fiber_scheduler_io_operation", "ruby/fiber/scheduler.h")
+    # A ruby with patch 9 (or master): #process_wait builds statuses of
+    # children it reaped through a pidfd.
+    have_func("rb_process_status_for", "ruby.h")
     # Keep liburing's symbols out of the extension's exports, where
     # Init_uring is the only one.
     exclude = " -Wl,--exclude-libs,ALL"

@@ -332,12 +332,12 @@ Init_uring(void)
     rb_define_method(cScheduler, "unblock", scheduler_unblock, 2);
     rb_define_method(cScheduler, "kernel_sleep", scheduler_kernel_sleep, -1);
     rb_define_method(cScheduler, "timeout_after", scheduler_timeout_after, 3);
-    rb_define_method(cScheduler, "process_wait", scheduler_process_wait, 2);
     rb_define_method(cScheduler, "fiber", scheduler_fiber, -1);
     rb_define_method(cScheduler, "io_select", scheduler_io_select, -1);
     Init_uring_socket(cScheduler);
     Init_uring_buffers(cScheduler);
     Init_uring_pbuf(cScheduler);
+    Init_uring_process(cScheduler);
 
     /* The hooks that hand work to threads are written in Ruby. */
     rb_require("io/uring/scheduler");

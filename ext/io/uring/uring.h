@@ -259,7 +259,7 @@ VALUE scheduler_io_close(VALUE self, VALUE fd);
 VALUE scheduler_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception);
 
 /* process.c */
-VALUE scheduler_process_wait(VALUE self, VALUE vpid, VALUE vflags);
+void Init_uring_process(VALUE cScheduler);
 VALUE scheduler_process_fork(VALUE self);
 
 /* time.c */
