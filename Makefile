@@ -4,6 +4,7 @@
 #   make test             our tests and the CRuby suites the series touches
 #   make test-all         CRuby's full test-all on the patched ruby
 #   make test-nouring     `make test` with io_uring disabled at runtime
+#   make test-nopidfd     the process tests with Process::Handle on pids
 #   make stock            unpatched ruby in build/stock/ruby, for comparisons
 #   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree)
 #   make CONFIGURE_ARGS=--without-liburing BUILD=build-nouring
@@ -48,7 +49,7 @@ CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
 	$(if $(filter --without-liburing --with-liburing-dir=%,$(CONFIGURE_ARGS)),,--with-liburing-dir=$(LIBURING)) \
 	$(CONFIGURE_ARGS)
 
-.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring clean distclean
+.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring test-nopidfd clean distclean
 
 all: ruby
 
@@ -123,6 +124,14 @@ test-all: ruby
 test-nouring: ruby
 	@$(TOP)/tools/without-io-uring.sh $(MAKE) -C $(OBJ) test-all \
 	    TESTS="$(OUR_TESTS) $(TOUCHED_SUITES)" TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"
+
+# Process::Handle without pidfds (RUBY_PROCESS_HANDLE_PIDFD=0), as on
+# systems and kernels that lack them.
+PROCESS_TESTS := $(filter %process_handle.rb %status_for.rb,$(OUR_TESTS)) \
+	$(TREE)/test/fiber/test_process_open.rb ruby/test_process.rb
+test-nopidfd: ruby
+	RUBY_PROCESS_HANDLE_PIDFD=0 $(MAKE) -C $(OBJ) test-all \
+	    TESTS="$(PROCESS_TESTS)" TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"
 
 clean:
 	rm -rf $(OBJ) $(PREFIX) $(STOCK)/obj $(STOCK)/ruby

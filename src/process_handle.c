@@ -24,6 +24,7 @@
 #include "ruby/internal/config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <time.h>
 #include <string.h>
@@ -74,6 +75,8 @@ struct process_handle {
     unsigned race_free : 1;
     unsigned detached : 1;
     unsigned orphan : 1;      /* detached by core: close once reaped */
+    unsigned closed : 1;      /* #close without a pidfd */
+    int blocked;              /* threads in a blocking waitpid (no pidfd) */
 };
 
 static void
@@ -160,7 +163,8 @@ siginfo_wait_status(const siginfo_t *si)
 }
 
 /* The status of a process reaped by someone else, where the kernel keeps
- * it (6.15): 1 and *status, or 0. */
+ * it (6.15): 1 and *status; -1 while it is not reaped yet (running, or a
+ * zombie its parent has not reaped); 0 where the kernel does not say. */
 static int
 pidfd_exit_status(int fd, int *status)
 {
@@ -169,9 +173,21 @@ pidfd_exit_status(int fd, int *status)
     memset(&info, 0, sizeof(info));
     info.mask = RB_PIDFD_INFO_EXIT;
     if (ioctl(fd, RB_PIDFD_GET_INFO, &info) < 0) return 0;
-    if (!(info.mask & RB_PIDFD_INFO_EXIT)) return 0;
+    if (!(info.mask & RB_PIDFD_INFO_EXIT)) return -1;
     *status = info.exit_code;
     return 1;
+}
+
+/* Has the process of pidfd `fd` exited (reaped or not)? */
+static int
+pidfd_exited(int fd)
+{
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int r;
+
+    while ((r = poll(&pfd, 1, 0)) < 0 && errno == EINTR);
+    if (r < 0) rb_sys_fail("poll");
+    return r > 0;
 }
 
 /* A probe at boot: do pidfds work here (kernel, seccomp)? */
@@ -256,7 +272,22 @@ handle_fd(struct process_handle *h)
 static int
 handle_closed_p(const struct process_handle *h)
 {
-    return !NIL_P(h->io) && RTEST(rb_io_closed_p(h->io));
+    if (NIL_P(h->io)) return h->closed;
+    return RTEST(rb_io_closed_p(h->io));
+}
+
+/* IOError once closed, as an IO raises it. */
+static void
+handle_check_open(const struct process_handle *h)
+{
+    if (handle_closed_p(h)) rb_raise(rb_eIOError, "closed stream");
+}
+
+/* Is there a process with the handle's pid (ours or not)? */
+static int
+pid_exists(rb_pid_t pid)
+{
+    return kill(pid, 0) == 0 || errno == EPERM;
 }
 
 static VALUE
@@ -282,6 +313,7 @@ handle_reap(VALUE self, struct process_handle *h, int options, int *eno)
         *eno = h->error;
         return Qfalse;
     }
+    handle_check_open(h);
     if (h->owner != getpid()) {
         /* A copy inherited by a forked child: the process is its sibling,
          * only the parent may reap it or read its status. */
@@ -301,7 +333,19 @@ handle_reap(VALUE self, struct process_handle *h, int options, int *eno)
              * says EAGAIN instead of "nothing yet". */
             if (errno == EAGAIN) return Qnil;
             if (errno != ECHILD) rb_sys_fail("waitid(P_PIDFD)");
-            if (pidfd_exit_status(fd, &status)) return handle_set_status(h, self, status);
+            switch (pidfd_exit_status(fd, &status)) {
+              case 1:
+                return handle_set_status(h, self, status);
+              case -1:
+                /* Not our child (Process::Handle.open): running, or exited
+                 * and not yet reaped by its parent. */
+                *eno = pidfd_exited(fd) ? EINPROGRESS : ECHILD;
+                return Qnil;
+            }
+            if (!pidfd_exited(fd)) {
+                *eno = ECHILD;
+                return Qnil;
+            }
             h->error = *eno = ECHILD;
             return Qfalse;
         }
@@ -325,10 +369,15 @@ handle_reap(VALUE self, struct process_handle *h, int options, int *eno)
         while ((r = waitpid(h->pid, &status, flags)) < 0 && errno == EINTR);
         if (r == 0) return Qnil;
         if (r < 0) {
-            /* Stolen by another waiter: the pid may name another process
-             * already, so the handle stops using it. */
+            int e = errno;
+
             if (!NIL_P(h->status)) return h->status;
-            h->error = *eno = errno;
+            *eno = e;
+            /* Not our child, but alive: nothing to reap (yet). */
+            if (e == ECHILD && pid_exists(h->pid)) return Qfalse;
+            /* Stolen by another waiter: the pid may name another process
+             * soon, so the handle stops using it. */
+            h->error = e;
             return Qfalse;
         }
         if (WIFEXITED(status) || WIFSIGNALED(status)) return handle_set_status(h, self, status);
@@ -355,6 +404,22 @@ monotonic_now(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static VALUE
+blocking_wait(VALUE self)
+{
+    struct process_handle *h = handle_get(self);
+
+    h->blocked++;
+    return rb_process_status_wait(h->pid, 0);
+}
+
+static VALUE
+blocking_wait_done(VALUE self)
+{
+    handle_get(self)->blocked--;
+    return Qnil;
+}
+
 /*
  * Waits until the child exits, at most `timeout` seconds (nil: no limit).
  * Returns its status, nil on timeout, or Qfalse with *eno when the status
@@ -371,11 +436,13 @@ handle_wait(VALUE self, VALUE timeout, int *eno)
     if (!NIL_P(timeout)) {
         double t = NUM2DBL(timeout);
         if (t < 0) rb_raise(rb_eArgError, "time interval must not be negative");
+        if (isinf(t)) timeout = Qnil;
         deadline = monotonic_now() + t;
     }
     for (;;) {
         VALUE remaining = Qnil;
 
+        *eno = 0;
         status = handle_reap(self, h, 0, eno);
         if (!NIL_P(status)) return status;
         if (!NIL_P(timeout)) {
@@ -397,7 +464,12 @@ handle_wait(VALUE self, VALUE timeout, int *eno)
                 continue;
             }
         }
-        if (!NIL_P(h->io)) {
+        if (*eno == EINPROGRESS) {
+            /* Another process's child, exited: its status comes when its
+             * parent reaps it, which nothing signals.  Poll. */
+            rb_thread_wait_for(rb_time_interval(DBL2NUM(0.005)));
+        }
+        else if (!NIL_P(h->io)) {
             if (!RTEST(rb_io_wait(h->io, RB_INT2NUM(RUBY_IO_READABLE), remaining)) && !NIL_P(timeout)) {
                 if (deadline - monotonic_now() <= 0) return Qnil;
             }
@@ -405,13 +477,22 @@ handle_wait(VALUE self, VALUE timeout, int *eno)
         else if (NIL_P(timeout)) {
             /* No pidfd: a blocking wait by pid, through the scheduler's
              * #process_wait as Process.wait(pid) goes. */
-            status = rb_process_status_wait(h->pid, 0);
+            status = rb_ensure(blocking_wait, self, blocking_wait_done, self);
             if (!NIL_P(status) && NIL_P(h->status)) {
                 if (NUM2PIDT(rb_funcall(status, id_pid, 0)) == h->pid) {
                     RB_OBJ_WRITE(self, &h->status, status);
                 }
                 else {
-                    h->error = ECHILD;
+                    /* ECHILD: another thread of ours may have the status
+                     * from the kernel and not have cached it yet. */
+                    while (NIL_P(h->status) && h->blocked > 0) {
+                        rb_thread_wait_for(rb_time_interval(DBL2NUM(0.001)));
+                    }
+                    if (NIL_P(h->status) && !pid_exists(h->pid)) h->error = ECHILD;
+                    if (NIL_P(h->status) && !h->error) {
+                        *eno = ECHILD; /* not our child */
+                        return Qfalse;
+                    }
                 }
             }
         }
@@ -639,9 +720,12 @@ handle_s_fork(VALUE klass)
  *
  *  Returns a handle for the existing process +pid+, which need not be a
  *  child: any process can be signalled, and its exit awaited (#wait,
- *  #to_io).  A child can be reaped; for other processes #wait returns the
- *  status only where the kernel keeps it for pidfds (Linux 6.15) once
- *  their parent reaped them, and raises Errno::ECHILD otherwise.
+ *  #to_io).  A child can be reaped.  For other processes, #wait returns
+ *  the status once their parent has reaped them, where the kernel keeps
+ *  it for pidfds (Linux 6.15; it polls between their exit and that reap),
+ *  and raises Errno::ECHILD at their exit on older kernels.  Without
+ *  pidfds, #wait raises Errno::ECHILD for them, as Process.wait(pid)
+ *  does.
  *
  *  Raises Errno::ESRCH if there is no such process.  The pid is resolved
  *  now: if the process was reaped and the number reused before this call,
@@ -707,6 +791,7 @@ rb_process_handle_kill(VALUE self, int sig)
     }
 #endif
     /* No pidfd: once this handle reaped the child, the pid is not its. */
+    handle_check_open(h);
     if (!NIL_P(h->status) || h->error) rb_syserr_fail(ESRCH, 0);
     if ((group ? killpg(h->pid, sig) : kill(h->pid, sig)) < 0) rb_sys_fail(0);
 }
@@ -799,20 +884,18 @@ handle_exited_p(VALUE self)
     struct process_handle *h = handle_get(self);
 
     if (!NIL_P(h->status) || h->error) return Qtrue;
+    handle_check_open(h);
 #if USE_PIDFD
-    if (!NIL_P(h->io)) {
-        struct pollfd pfd = {handle_fd(h), POLLIN, 0};
-        int r;
-
-        while ((r = poll(&pfd, 1, 0)) < 0 && errno == EINTR);
-        if (r < 0) rb_sys_fail("poll");
-        return RBOOL(r > 0);
-    }
+    if (!NIL_P(h->io)) return RBOOL(pidfd_exited(handle_fd(h)));
 #endif
     {
-        /* No pidfd: reaping is the only way to know. */
-        int eno;
+        /* No pidfd: reaping tells for a child; for another process, or
+         * a child another waiter reaps right now, whether the pid is
+         * still there. */
+        int eno = 0;
         VALUE status = handle_reap(self, h, 0, &eno);
+
+        if (status == Qfalse) return RBOOL(h->error || !pid_exists(h->pid));
         return RBOOL(!NIL_P(status));
     }
 }
@@ -862,7 +945,8 @@ handle_close(VALUE self)
 {
     struct process_handle *h = handle_get(self);
 
-    if (!NIL_P(h->io) && !handle_closed_p(h)) rb_io_close(h->io);
+    if (NIL_P(h->io)) h->closed = 1;
+    else if (!handle_closed_p(h)) rb_io_close(h->io);
     return Qnil;
 }
 
