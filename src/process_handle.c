@@ -1100,8 +1100,9 @@ rb_process_handle_status_wait(VALUE self, int flags)
     else if (options) {
         /* The pidfd reports exits only: stops and continues by polling. */
         while (NIL_P(status = handle_reap(self, h, options, &eno))) {
-            if (NIL_P(h->io)) rb_thread_wait_for(rb_time_interval(DBL2NUM(0.01)));
+            if (NIL_P(h->io) || eno == EINPROGRESS) rb_thread_wait_for(rb_time_interval(DBL2NUM(0.01)));
             else rb_io_wait(h->io, RB_INT2NUM(RUBY_IO_READABLE), DBL2NUM(0.01));
+            eno = 0;
         }
     }
     else {

@@ -87,7 +87,7 @@ class TestFiberProcessOpen < Test::Unit::TestCase
   def test_adopted_handle_comes_to_process_wait
     h = status = nil
     s = run_with(AdoptingScheduler) do
-      h = Process::Handle.spawn("sh", "-c", "exit 3")
+      h = Process::Handle.spawn("sh", "-c", "sleep 0.2; exit 3")
       status = h.wait
     end
     assert_equal [h], s.opened
@@ -118,7 +118,7 @@ class TestFiberProcessOpen < Test::Unit::TestCase
   def test_process_wait_by_handle_through_process_wait_and_status_wait
     h = pid = st = nil
     s = run_with(AdoptingScheduler) do
-      h = Process::Handle.spawn("sh", "-c", "exit 4")
+      h = Process::Handle.spawn("sh", "-c", "sleep 0.2; exit 4")
       pid = Process.wait(h)
       st = $?
     end
