@@ -173,7 +173,7 @@ class TestFiberProcessOpen < Test::Unit::TestCase
   def test_hook_returning_early_leaves_the_wait_to_core
     h = status = nil
     s = run_with(EarlyScheduler) do
-      h = Process::Handle.spawn("sh", "-c", "sleep 0.1; exit 2")
+      h = Process::Handle.spawn("sh", "-c", "sleep 0.3; exit 2")
       status = h.wait
     end
     assert_equal 1, s.waited.size, "the hook is called once per wait"
@@ -208,7 +208,7 @@ class TestFiberProcessOpen < Test::Unit::TestCase
     Thread.new do
       s = AdoptingScheduler.new
       Fiber.set_scheduler(s)
-      Fiber.schedule { h = Process::Handle.spawn("sh", "-c", "sleep 0.1; exit 9") }
+      Fiber.schedule { h = Process::Handle.spawn("sh", "-c", "sleep 0.3; exit 9") }
       # (This scheduler's Fiber.schedule switches to the new fiber: each
       # is scheduled from the thread's fiber.)
       6.times { Fiber.schedule { statuses << h.wait } }
