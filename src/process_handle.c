@@ -164,7 +164,9 @@ siginfo_wait_status(const siginfo_t *si)
 
 /* The status of a process reaped by someone else, where the kernel keeps
  * it (6.15): 1 and *status; -1 while it is not reaped yet (running, or a
- * zombie its parent has not reaped); 0 where the kernel does not say. */
+ * zombie its parent has not reaped); 0 where the kernel does not say:
+ * before 6.13 (no PIDFD_GET_INFO), and for a reaped process before 6.15
+ * (ESRCH). */
 static int
 pidfd_exit_status(int fd, int *status)
 {
@@ -593,17 +595,23 @@ struct rb_process_handle_fork {
     int go[2];       /* the child reads a byte from go[0] before it runs */
     int pidfd;
     int used;        /* rb_fork_ruby() did the handshake */
-    VALUE thread;
+    VALUE thread;    /* the thread in Process::Handle.fork */
+    struct rb_process_handle_fork *next;
 };
 
-static struct rb_process_handle_fork *fork_request;
+/* The Process::Handle.fork calls in progress, one per thread at most (a
+ * Process._fork override may switch threads before it forks). */
+static struct rb_process_handle_fork *fork_requests;
 
 struct rb_process_handle_fork *
 rb_process_handle_fork_request(void)
 {
-    struct rb_process_handle_fork *req = fork_request;
+    struct rb_process_handle_fork *req;
+    VALUE thread = rb_thread_current();
 
-    if (req && req->thread == rb_thread_current() && !req->used && req->go[0] >= 0) return req;
+    for (req = fork_requests; req; req = req->next) {
+        if (req->thread == thread) return !req->used && req->go[0] >= 0 ? req : NULL;
+    }
     return NULL;
 }
 
@@ -620,6 +628,8 @@ rb_process_handle_fork_child(struct rb_process_handle_fork *req)
     close(req->go[0]);
     req->go[0] = req->go[1] = -1;
     req->used = 1;
+    /* The other threads' requests are the parent's. */
+    fork_requests = NULL;
 }
 
 void
@@ -648,9 +658,14 @@ fork_call(VALUE klass)
 static VALUE
 fork_done(VALUE ptr)
 {
-    struct rb_process_handle_fork *req = (struct rb_process_handle_fork *)ptr;
+    struct rb_process_handle_fork *req = (struct rb_process_handle_fork *)ptr, **p;
 
-    fork_request = NULL;
+    for (p = &fork_requests; *p; p = &(*p)->next) {
+        if (*p == req) {
+            *p = req->next;
+            break;
+        }
+    }
     if (req->go[0] >= 0) close(req->go[0]);
     if (req->go[1] >= 0) close(req->go[1]);
     req->go[0] = req->go[1] = -1;
@@ -692,13 +707,14 @@ fork_protected(VALUE ptr)
 static VALUE
 handle_s_fork(VALUE klass)
 {
-    struct rb_process_handle_fork req = {{-1, -1}, -1, 0, rb_thread_current()};
+    struct rb_process_handle_fork req = {{-1, -1}, -1, 0, rb_thread_current(), NULL};
     VALUE pid;
     rb_pid_t child;
     int race_free;
 
     if (pidfd_enabled && rb_cloexec_pipe(req.go) < 0) rb_sys_fail("pipe");
-    fork_request = &req;
+    req.next = fork_requests;
+    fork_requests = &req;
     pid = rb_ensure(fork_protected, (VALUE)&req, fork_done, (VALUE)&req);
     if (NIL_P(pid)) return Qnil; /* the child */
     child = NUM2PIDT(pid);

@@ -568,8 +568,9 @@ rb_fiber_scheduler_fork_child(void)
  *  Adoption is what lets a scheduler wait for the exit itself (with
  *  IORING_OP_WAITID, say) and know the children its fibers created, to
  *  supervise them or decide what happens to them when it closes.
- *  Exceptions propagate to the method that created the handle, which
- *  keeps the handle open: the child exists either way.
+ *  An exception from the hook propagates to the method that created the
+ *  handle.  The child exists either way: the handle nobody received is
+ *  detached (the child is reaped when it exits, and its pidfd closed).
  */
 VALUE
 rb_fiber_scheduler_process_open(VALUE scheduler, VALUE handle)
