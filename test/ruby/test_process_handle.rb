@@ -800,4 +800,81 @@ class TestProcessHandle < Test::Unit::TestCase
     end
     assert_equal([], Process.waitall)
   end
+
+  # --- hostile input -------------------------------------------------------
+
+  # Process::Handle.spawn takes Process.spawn's arguments, and its mistakes
+  # get Process.spawn's exceptions, with no child and no descriptor left.
+  def test_spawn_bad_arguments_as_process_spawn
+    before = fds
+    [
+      [],
+      [nil],
+      [Object.new],
+      ["true", {bogus_option: 1}],
+      ["true", {chdir: "/nonexistent/dir"}],
+      [{"A" => Object.new}, "true"],
+      ["true", {in: Object.new}],
+      ["true\0x"],
+    ].each do |args|
+      expected = begin
+        pid = Process.spawn(*args)
+        Process.wait(pid)
+        nil
+      rescue Exception => e
+        e
+      end
+      actual = begin
+        spawn_handle(*args).wait
+        nil
+      rescue Exception => e
+        e
+      end
+      assert_equal(expected&.class, actual&.class, "spawn(#{args.inspect})")
+      assert_equal(expected&.message, actual&.message, "spawn(#{args.inspect})")
+    end
+    assert_equal(before, fds)
+    assert_raise(Errno::ECHILD) { Process.wait(-1, Process::WNOHANG) }
+  end
+
+  def test_bad_arguments_to_methods
+    h = spawn_handle("sleep", "5")
+    assert_raise(ArgumentError) { h.kill(:BOGUS) }
+    assert_raise(ArgumentError) { Process.kill(:BOGUS, h) }
+    assert_raise(TypeError) { h.wait("1") }
+    assert_raise(ArgumentError) { h.wait(1, 2) }
+    assert_raise(TypeError) { Process.wait(h, "x") }
+    assert_raise(TypeError) { Process.kill(:TERM, Object.new) }
+    assert_raise(TypeError) { Process::Handle.open(nil) }
+    assert_raise(RangeError) { Process::Handle.open(2**64) }
+    assert_raise(TypeError) { Process::Status.wait(h, "0") }
+    assert_predicate(h, :alive?, "nothing above touched the child")
+  end
+
+  # Process._fork overrides that switch threads: each Handle.fork gets the
+  # pidfd of its own child.
+  def test_fork_from_many_threads_through_a_fork_override
+    omit_unless_pidfd
+    assert_separately([], <<~'end;', timeout: 60)
+      module SlowFork
+        def _fork
+          sleep 0.01
+          super
+        end
+      end
+      Process.singleton_class.prepend(SlowFork)
+      results = 4.times.map do |i|
+        Thread.new do
+          5.times.map do |j|
+            h = Process::Handle.fork { exit!(i * 10 + j) }
+            [h.race_free?, h.wait.exitstatus].tap { h.close }
+          end
+        end
+      end.map(&:value)
+      assert_equal(4.times.map { |i| 5.times.map { |j| [true, i * 10 + j] } }, results)
+      h = Process::Handle.fork { h2 = Process::Handle.fork { exit!(4) }; exit!(h2.wait.exitstatus + 1) }
+      assert_equal(5, h.wait.exitstatus)
+      h.close
+    end;
+  end
 end
