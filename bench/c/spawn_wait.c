@@ -3,10 +3,16 @@
  * child that execs /bin/true and reap it, either
  *
  *   vfork   vfork(2) + execve(2), then waitpid(2) on the pid (what
- *           Process.spawn + Process.wait do underneath), or
+ *           Process.spawn + Process.wait do underneath when not
+ *           privileged), or
  *   pidfd   clone(2) with CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD on
  *           an mmap'ed stack + execve(2), then waitid(P_PIDFD) on the
- *           pidfd and close(2) (what Process::Handle.spawn + #wait do).
+ *           pidfd and close(2) (what Process::Handle.spawn + #wait do
+ *           when not privileged),
+ *
+ * or, for reference, fork(2) + execve(2) + waitpid(2): CRuby forks instead
+ * (and Process::Handle.spawn clones without CLONE_VM | CLONE_VFORK) when
+ * it runs as root or set-id (has_privilege() in process.c).
  *
  * A few untimed spawns warm up first.  Prints, per mode, one line:
  *
@@ -15,12 +21,21 @@
  * the wall-clock microseconds per spawn+wait, then the CPU (user + sys,
  * getrusage) of this process and of its reaped children per spawn+wait.
  *
- *   spawn_wait [vfork|pidfd|both] [N]      (defaults: both 500)
+ *   spawn_wait [vfork|pidfd|fork|both] [N]  (defaults: both = vfork and
+ *                                           pidfd, 500)
+ *
+ * And the child that bench/process.rb waits for in its concurrent-wait
+ * workload: reads a CLOCK_MONOTONIC deadline (int64 nanoseconds, native
+ * byte order) from stdin, sleeps until then and exits 0 (1 on a short
+ * read, so the children of a parent that died exit at once):
+ *
+ *   spawn_wait until
  *
  * Built by bench/process.rb: gcc -O2 bench/c/spawn_wait.c -o /tmp/spawn_wait
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdint.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -97,6 +112,45 @@ clone_child(void *arg)
     _exit(127);
 }
 
+static void
+spawn_fork(void)
+{
+    int status;
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        execve(child_path, child_argv, environ);
+        _exit(127);
+    }
+    if (pid < 0) die("fork");
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) die("waitpid");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "spawn_wait: child failed (status %#x)\n", status);
+        exit(1);
+    }
+}
+
+static int
+sleep_until_deadline(void)
+{
+    int64_t ns;
+    size_t got = 0;
+    struct timespec ts;
+
+    while (got < sizeof(ns)) {
+        ssize_t r = read(0, (char *)&ns + got, sizeof(ns) - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 1;
+        got += (size_t)r;
+    }
+    ts.tv_sec = ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR);
+    return 0;
+}
+
 static char *stack_top;
 
 static void
@@ -150,8 +204,9 @@ main(int argc, char **argv)
     const size_t size = 64 * 1024;
     char *stack;
 
+    if (!strcmp(mode, "until")) return sleep_until_deadline();
     if (n <= 0) {
-        fprintf(stderr, "usage: spawn_wait [vfork|pidfd|both] [N]\n");
+        fprintf(stderr, "usage: spawn_wait [vfork|pidfd|fork|both] [N] | until\n");
         return 2;
     }
     stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -160,8 +215,9 @@ main(int argc, char **argv)
 
     if (!strcmp(mode, "vfork") || !strcmp(mode, "both")) run("vfork", spawn_vfork, n);
     if (!strcmp(mode, "pidfd") || !strcmp(mode, "both")) run("pidfd", spawn_pidfd, n);
-    if (strcmp(mode, "vfork") && strcmp(mode, "pidfd") && strcmp(mode, "both")) {
-        fprintf(stderr, "usage: spawn_wait [vfork|pidfd|both] [N]\n");
+    if (!strcmp(mode, "fork")) run("fork", spawn_fork, n);
+    if (strcmp(mode, "vfork") && strcmp(mode, "pidfd") && strcmp(mode, "fork") && strcmp(mode, "both")) {
+        fprintf(stderr, "usage: spawn_wait [vfork|pidfd|fork|both] [N] | until\n");
         return 2;
     }
     return 0;

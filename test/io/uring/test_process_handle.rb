@@ -77,7 +77,7 @@ class TestIOUringProcessHandle < Test::Unit::TestCase
     assert_equal 20, handles.size
     assert handles.all? { |h| h.status&.success? }
     assert_operator elapsed, :<, 2.5, "the waits must overlap (20 x 0.5 s)"
-    assert_equal before + 1, threads, "the scheduler's thread only: no waiter threads"
+    assert_operator threads, :<=, before + 1, "the scheduler's thread only: no waiter threads"
   ensure
     handles.each(&:close)
   end
@@ -169,12 +169,13 @@ class TestIOUringProcessHandle < Test::Unit::TestCase
     run_scheduler do
       Fiber.schedule do
         h = Process::Handle.spawn("sh", "-c", "sleep 0.2; exit 5")
-        Thread.new { Process.wait(h.pid) }
+        thief = Thread.new { Process.wait(h.pid) rescue Errno::ECHILD }
         result = begin
           h.wait
         rescue Errno::ECHILD => e
           e
         end
+        thief.join
       end
     end
     if result.is_a?(Process::Status)
@@ -195,12 +196,13 @@ class TestIOUringProcessHandle < Test::Unit::TestCase
     t0 = now
     run_scheduler do
       Fiber.schedule do
-        Thread.new { Process.waitpid(-1) }
+        thief = Thread.new { Process.waitpid(-1) rescue Errno::ECHILD }
         result = begin
           Process.wait(pid)
         rescue Errno::ECHILD => e
           e
         end
+        thief.join
       end
     end
     assert_operator now - t0, :<, 2
