@@ -375,6 +375,8 @@ handle_reap(VALUE self, struct process_handle *h, int options, int *eno)
 
             if (!NIL_P(h->status)) return h->status;
             *eno = e;
+            /* Another thread's waitpid(2) got it: the status comes. */
+            if (e == ECHILD && h->blocked > 0) return Qnil;
             /* Not our child, but alive: nothing to reap (yet). */
             if (e == ECHILD && pid_exists(h->pid)) return Qfalse;
             /* Stolen by another waiter: the pid may name another process
@@ -406,13 +408,21 @@ monotonic_now(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Without a pidfd: waitpid(pid) (or the scheduler's #process_wait) for
+ * the handle, counted in h->blocked until the status it got is cached, so
+ * that concurrent waiters told ECHILD know to look for it. */
 static VALUE
 blocking_wait(VALUE self)
 {
     struct process_handle *h = handle_get(self);
+    VALUE status;
 
     h->blocked++;
-    return rb_process_status_wait(h->pid, 0);
+    status = rb_process_status_wait(h->pid, 0);
+    if (!NIL_P(status) && NIL_P(h->status) && NUM2PIDT(rb_funcall(status, id_pid, 0)) == h->pid) {
+        RB_OBJ_WRITE(self, &h->status, status);
+    }
+    return status;
 }
 
 static VALUE
@@ -481,20 +491,15 @@ handle_wait(VALUE self, VALUE timeout, int *eno)
              * #process_wait as Process.wait(pid) goes. */
             status = rb_ensure(blocking_wait, self, blocking_wait_done, self);
             if (!NIL_P(status) && NIL_P(h->status)) {
-                if (NUM2PIDT(rb_funcall(status, id_pid, 0)) == h->pid) {
-                    RB_OBJ_WRITE(self, &h->status, status);
+                /* ECHILD: another thread of ours may have the status from
+                 * the kernel and not have cached it yet. */
+                while (NIL_P(h->status) && h->blocked > 0) {
+                    rb_thread_wait_for(rb_time_interval(DBL2NUM(0.001)));
                 }
-                else {
-                    /* ECHILD: another thread of ours may have the status
-                     * from the kernel and not have cached it yet. */
-                    while (NIL_P(h->status) && h->blocked > 0) {
-                        rb_thread_wait_for(rb_time_interval(DBL2NUM(0.001)));
-                    }
-                    if (NIL_P(h->status) && !pid_exists(h->pid)) h->error = ECHILD;
-                    if (NIL_P(h->status) && !h->error) {
-                        *eno = ECHILD; /* not our child */
-                        return Qfalse;
-                    }
+                if (NIL_P(h->status) && !pid_exists(h->pid)) h->error = ECHILD;
+                if (NIL_P(h->status) && !h->error) {
+                    *eno = ECHILD; /* not our child */
+                    return Qfalse;
                 }
             }
         }

@@ -424,9 +424,16 @@ class TestProcessHandle < Test::Unit::TestCase
     assert_equal(h.pid, Process.wait(h))
   end
 
-  # See test_many_waiters; this one always runs without pidfds.
+  # See test_many_waiters; this one always runs without pidfds, with and
+  # without M:N threads (which start the waiters at other times).
   def test_many_waiters_without_pidfd
-    assert_separately([{"RUBY_PROCESS_HANDLE_PIDFD" => "0"}], <<~'end;')
+    [{}, {"RUBY_MN_THREADS" => "1"}].each do |env|
+      many_waiters_without_pidfd(env)
+    end
+  end
+
+  def many_waiters_without_pidfd(env)
+    assert_separately([{"RUBY_PROCESS_HANDLE_PIDFD" => "0", **env}], <<~'end;')
       assert_equal(false, Process::Handle.race_free?)
       10.times do |i|
         h = Process::Handle.spawn("sleep", "0.05")
