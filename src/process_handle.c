@@ -24,6 +24,7 @@
 #include "ruby/internal/config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <time.h>
@@ -76,6 +77,7 @@ struct process_handle {
     unsigned detached : 1;
     unsigned orphan : 1;      /* detached by core: close once reaped */
     unsigned closed : 1;      /* #close without a pidfd */
+    unsigned waiter : 1;      /* detached, a thread waits for it */
     int blocked;              /* threads in a blocking waitpid (no pidfd) */
 };
 
@@ -316,6 +318,11 @@ handle_reap(VALUE self, struct process_handle *h, int options, int *eno)
         return Qfalse;
     }
     handle_check_open(h);
+    if (h->pid == getpid()) {
+        /* Process::Handle.open(Process.pid): never our child. */
+        *eno = ECHILD;
+        return Qfalse;
+    }
     if (h->owner != getpid()) {
         /* A copy inherited by a forked child: the process is its sibling,
          * only the parent may reap it or read its status. */
@@ -395,7 +402,7 @@ handle_reap_or_raise(VALUE self, struct process_handle *h, int options)
     int eno = 0;
     VALUE status = handle_reap(self, h, options, &eno);
 
-    if (status == Qfalse) rb_syserr_fail(eno, "waitid");
+    if (status == Qfalse) rb_syserr_fail(eno, NIL_P(h->io) ? "waitpid" : "waitid");
     return status;
 }
 
@@ -517,7 +524,7 @@ handle_wait_or_raise(VALUE self, VALUE timeout)
     int eno = 0;
     VALUE status = handle_wait(self, timeout, &eno);
 
-    if (status == Qfalse) rb_syserr_fail(eno, "waitid");
+    if (status == Qfalse) rb_syserr_fail(eno, NIL_P(handle_get(self)->io) ? "waitpid" : "waitid");
     return status;
 }
 
@@ -561,8 +568,10 @@ handle_opened(VALUE self)
     if (NIL_P(rb_fiber_scheduler_current())) return self;
     result = rb_protect(process_open_call, self, &state);
     if (state) {
-        h->orphan = 1;
-        rb_process_handle_detach(self);
+        if (!handle_closed_p(h)) {
+            h->orphan = 1;
+            rb_process_handle_detach(self);
+        }
         rb_jump_tag(state);
     }
     if (!UNDEF_P(result) && RTEST(result)) {
@@ -587,12 +596,41 @@ handle_opened(VALUE self)
  *    h.pid   # => 12345
  *    h.wait  # => #<Process::Status: pid 12345 exit 0>
  */
+struct spawn_args {
+    int argc;
+    const VALUE *argv;
+    int *pidfd;
+};
+
+static VALUE
+spawn_call(VALUE ptr)
+{
+    struct spawn_args *a = (struct spawn_args *)ptr;
+    return rb_process_spawn_pidfd(a->argc, a->argv, a->pidfd);
+}
+
+static VALUE
+spawn_out_of_fds(VALUE ptr, VALUE exc)
+{
+    return Qundef;
+}
+
 static VALUE
 handle_s_spawn(int argc, VALUE *argv, VALUE klass)
 {
     int pidfd = -1;
-    VALUE pid = rb_process_spawn_pidfd(argc, argv, pidfd_enabled ? &pidfd : NULL);
+    struct spawn_args a = {argc, argv, pidfd_enabled ? &pidfd : NULL};
+    VALUE pid;
 
+    /* The pidfd is one more descriptor than Process.spawn needs: when
+     * they run out, a GC may free some, as for IO.pipe. */
+    pid = rb_rescue2(spawn_call, (VALUE)&a, spawn_out_of_fds, Qnil,
+                     rb_const_get(rb_mErrno, rb_intern("EMFILE")),
+                     rb_const_get(rb_mErrno, rb_intern("ENFILE")), (VALUE)0);
+    if (UNDEF_P(pid)) {
+        rb_gc();
+        pid = spawn_call((VALUE)&a);
+    }
     return handle_opened(handle_alloc(klass, NUM2PIDT(pid), pidfd, 1));
 }
 
@@ -600,6 +638,7 @@ struct rb_process_handle_fork {
     int go[2];       /* the child reads a byte from go[0] before it runs */
     int pidfd;
     int used;        /* rb_fork_ruby() did the handshake */
+    int returned;    /* Process.fork returned normally */
     VALUE thread;    /* the thread in Process::Handle.fork */
     struct rb_process_handle_fork *next;
 };
@@ -623,17 +662,25 @@ rb_process_handle_fork_request(void)
 void
 rb_process_handle_fork_child(struct rb_process_handle_fork *req)
 {
+    struct rb_process_handle_fork *other;
     char c;
 
-    /* Every signal is blocked here (rb_fork_ruby), so no EINTR but for
-     * stops; a byte, not EOF: copies of go[1] in other children cannot
-     * hold the child back. */
-    close(req->go[1]);
-    while (read(req->go[0], &c, 1) < 0 && errno == EINTR);
-    close(req->go[0]);
-    req->go[0] = req->go[1] = -1;
-    req->used = 1;
-    /* The other threads' requests are the parent's. */
+    if (req) {
+        /* Every signal is blocked here (rb_fork_ruby), so no EINTR but for
+         * stops; a byte, not EOF: copies of go[1] in other children cannot
+         * hold the child back. */
+        close(req->go[1]);
+        while (read(req->go[0], &c, 1) < 0 && errno == EINTR);
+        close(req->go[0]);
+        req->go[0] = req->go[1] = -1;
+        req->used = 1;
+    }
+    /* The other threads' requests are the parent's: their pipes too. */
+    for (other = fork_requests; other; other = other->next) {
+        if (other == req) continue;
+        if (other->go[0] >= 0) close(other->go[0]);
+        if (other->go[1] >= 0) close(other->go[1]);
+    }
     fork_requests = NULL;
 }
 
@@ -655,9 +702,13 @@ rb_process_handle_fork_parent(struct rb_process_handle_fork *req, rb_pid_t pid)
 }
 
 static VALUE
-fork_call(VALUE klass)
+fork_call(VALUE ptr)
 {
-    return rb_funcall_passing_block(rb_mProcess, id_fork, 0, NULL);
+    struct rb_process_handle_fork *req = (struct rb_process_handle_fork *)ptr;
+    VALUE pid = rb_funcall_passing_block(rb_mProcess, id_fork, 0, NULL);
+
+    req->returned = 1;
+    return pid;
 }
 
 static VALUE
@@ -674,25 +725,31 @@ fork_done(VALUE ptr)
     if (req->go[0] >= 0) close(req->go[0]);
     if (req->go[1] >= 0) close(req->go[1]);
     req->go[0] = req->go[1] = -1;
+    /* Unwound (an exception, Thread#kill, throw) after the fork: the
+     * pidfd nobody will get. */
+    if (!req->returned && req->pidfd >= 0) {
+        close(req->pidfd);
+        req->pidfd = -1;
+    }
     return Qnil;
 }
 
-static VALUE
-fork_failed(VALUE ptr, VALUE exc)
+/* The handshake pipe: blocking (the child must wait in read(2)), close
+ * on exec; retried after a GC when descriptors run out. */
+static void
+handshake_pipe(int go[2])
 {
-    struct rb_process_handle_fork *req = (struct rb_process_handle_fork *)ptr;
+#if USE_PIDFD
+    int retried = 0;
 
-    if (req->pidfd >= 0) close(req->pidfd);
-    req->pidfd = -1;
-    rb_exc_raise(exc);
-    UNREACHABLE_RETURN(Qnil);
-}
-
-static VALUE
-fork_protected(VALUE ptr)
-{
-    struct rb_process_handle_fork *req = (struct rb_process_handle_fork *)ptr;
-    return rb_rescue2(fork_call, Qnil, fork_failed, (VALUE)req, rb_eException, (VALUE)0);
+    while (pipe2(go, O_CLOEXEC) < 0) {
+        if (retried || (errno != EMFILE && errno != ENFILE)) rb_sys_fail("pipe2");
+        rb_gc();
+        retried = 1;
+    }
+    rb_update_max_fd(go[0]);
+    rb_update_max_fd(go[1]);
+#endif
 }
 
 /*
@@ -712,15 +769,15 @@ fork_protected(VALUE ptr)
 static VALUE
 handle_s_fork(VALUE klass)
 {
-    struct rb_process_handle_fork req = {{-1, -1}, -1, 0, rb_thread_current(), NULL};
+    struct rb_process_handle_fork req = {{-1, -1}, -1, 0, 0, rb_thread_current(), NULL};
     VALUE pid;
     rb_pid_t child;
     int race_free;
 
-    if (pidfd_enabled && rb_cloexec_pipe(req.go) < 0) rb_sys_fail("pipe");
+    if (pidfd_enabled) handshake_pipe(req.go);
     req.next = fork_requests;
     fork_requests = &req;
-    pid = rb_ensure(fork_protected, (VALUE)&req, fork_done, (VALUE)&req);
+    pid = rb_ensure(fork_call, (VALUE)&req, fork_done, (VALUE)&req);
     if (NIL_P(pid)) return Qnil; /* the child */
     child = NUM2PIDT(pid);
     race_free = req.used && req.pidfd >= 0;
@@ -853,10 +910,11 @@ handle_kill(int argc, VALUE *argv, VALUE self)
  *  (Fiber::Scheduler#io_wait), or the scheduler's #process_wait if it
  *  adopted the handle (#process_open) and there is no timeout.
  *
- *  Raises Errno::ECHILD if there is no status to be had: the process is
- *  not a child of this one (see Process::Handle.open), the handle was
- *  inherited across fork, or another waiter (Process.wait(-1), say)
- *  reaped it on a kernel that keeps no copy for pidfds (before 6.15).
+ *  Raises Errno::ECHILD if there is no status to be had: the handle was
+ *  inherited across fork, is this process itself, or another waiter
+ *  (Process.wait(-1), say) reaped the child on a kernel that keeps no copy
+ *  for pidfds (before 6.15).  For a process that is not a child, see
+ *  Process::Handle.open.  Process.wait(handle) waits the same way.
  */
 static VALUE
 handle_wait_m(int argc, VALUE *argv, VALUE self)
@@ -897,7 +955,9 @@ handle_status(VALUE self)
  *  call-seq:
  *    exited? -> true or false
  *
- *  Whether the process has exited (reaped or not).  Reaps nothing.
+ *  Whether the process has exited (reaped or not).  With a pidfd, reaps
+ *  nothing; without one (Process::Handle.race_free? false), reaping a
+ *  child is the only way to know, and its status is cached.
  */
 static VALUE
 handle_exited_p(VALUE self)
@@ -981,7 +1041,28 @@ handle_closed(VALUE self)
     return RBOOL(handle_closed_p(handle_get(self)));
 }
 
-/* Reaps the detached handles whose process has exited. */
+static VALUE
+sweep_reap(VALUE self)
+{
+    struct process_handle *h = handle_get(self);
+    int eno = 0;
+
+    if (handle_closed_p(h)) return Qtrue;
+    return RBOOL(!NIL_P(handle_reap(self, h, 0, &eno)));
+}
+
+/* Done with a detached handle: forget it (an orphan's pidfd closes). */
+static void
+detach_done(VALUE self)
+{
+    struct process_handle *h = handle_get(self);
+
+    rb_ary_delete(detached, self);
+    if (h->orphan) handle_close(self);
+}
+
+/* Reaps the detached handles whose process has exited.  Never raises: it
+ * runs where SIGCHLD is handled. */
 void
 rb_process_handle_sweep(void)
 {
@@ -989,15 +1070,57 @@ rb_process_handle_sweep(void)
 
     if (!detached || RARRAY_LEN(detached) == 0) return;
     for (i = RARRAY_LEN(detached) - 1; i >= 0; i--) {
-        VALUE self = RARRAY_AREF(detached, i);
-        struct process_handle *h = handle_get(self);
-        int eno = 0;
+        VALUE self;
+        int state = 0;
+        VALUE done;
 
-        if (handle_closed_p(h) || !NIL_P(handle_reap(self, h, 0, &eno))) {
-            rb_ary_delete_at(detached, i);
-            if (h->orphan) handle_close(self);
-        }
+        if (i >= RARRAY_LEN(detached)) continue;
+        self = RARRAY_AREF(detached, i);
+        if (handle_get(self)->waiter) continue; /* a thread reaps it */
+        done = rb_protect(sweep_reap, self, &state);
+        if (state) rb_set_errinfo(Qnil);
+        if (state || RTEST(done)) detach_done(self);
     }
+}
+
+/* Does SIGCHLD reach Ruby's handler (so rb_signal_exec sweeps)?  Not
+ * after trap(:CHLD, "SYSTEM_DEFAULT") or "IGNORE". */
+static int
+sigchld_reaches_ruby(void)
+{
+#ifdef SIGCHLD
+    struct sigaction sa;
+
+    if (sigaction(SIGCHLD, NULL, &sa) < 0) return 1;
+    if (sa.sa_flags & SA_SIGINFO) return 1;
+    return sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN;
+#else
+    return 0;
+#endif
+}
+
+static VALUE
+detach_wait(void *ptr)
+{
+    VALUE self = (VALUE)ptr;
+    int eno = 0;
+
+    handle_wait(self, Qnil, &eno);
+    return Qnil;
+}
+
+static VALUE
+detach_wait_done(VALUE self)
+{
+    handle_get(self)->waiter = 0;
+    detach_done(self);
+    return Qnil;
+}
+
+static VALUE
+detach_thread(void *ptr)
+{
+    return rb_ensure((VALUE (*)(VALUE))detach_wait, (VALUE)ptr, detach_wait_done, (VALUE)ptr);
 }
 
 VALUE
@@ -1007,13 +1130,18 @@ rb_process_handle_detach(VALUE self)
     int eno = 0;
 
     if (h->detached) return self;
-    if (handle_closed_p(h)) rb_raise(rb_eIOError, "closed stream");
+    handle_check_open(h);
     h->detached = 1;
-    if (NIL_P(handle_reap(self, h, 0, &eno))) {
-        rb_ary_push(detached, self);
+    if (!NIL_P(handle_reap(self, h, 0, &eno))) {
+        if (h->orphan) handle_close(self);
+        return self;
     }
-    else if (h->orphan) {
-        handle_close(self);
+    /* Kept alive (and its process found) by the list until reaped. */
+    rb_ary_push(detached, self);
+    if (!sigchld_reaches_ruby()) {
+        /* No SIGCHLD for the sweep: a thread, as Process.detach(pid). */
+        h->waiter = 1;
+        rb_thread_create(detach_thread, (void *)self);
     }
     return self;
 }
@@ -1028,8 +1156,11 @@ rb_process_handle_detach(VALUE self)
  *  #status.  Process.detach(handle) does the same and returns the handle.
  *
  *  The handle is kept alive until then; afterwards it can be dropped
- *  without a zombie.  If a C extension replaces Ruby's SIGCHLD handler,
- *  detached processes are reaped only when waited for.
+ *  without a zombie.  Where SIGCHLD does not reach Ruby (after
+ *  <tt>trap(:CHLD, "SYSTEM_DEFAULT")</tt> or <tt>"IGNORE"</tt> at the time
+ *  of the call), a thread waits for the process, as Process.detach(pid)
+ *  does.  If a C extension replaces Ruby's SIGCHLD handler, detached
+ *  processes are reaped only when waited for.
  */
 static VALUE
 handle_detach_m(VALUE self)

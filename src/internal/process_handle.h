@@ -41,7 +41,9 @@ void rb_process_handle_reap_failed(int pidfd);
  * the current thread did not ask for a pidfd. */
 struct rb_process_handle_fork;
 struct rb_process_handle_fork *rb_process_handle_fork_request(void);
-/* In the child, right after fork(): waits until the parent holds a pidfd. */
+/* In the child, right after fork(): waits until the parent holds a pidfd
+ * (`req` NULL: the fork was not Process::Handle.fork's), and drops the
+ * requests of the parent's other threads. */
 void rb_process_handle_fork_child(struct rb_process_handle_fork *req);
 /* In the parent, right after fork(): opens the pidfd, lets the child go. */
 void rb_process_handle_fork_parent(struct rb_process_handle_fork *req, rb_pid_t pid);

@@ -884,4 +884,114 @@ class TestProcessHandle < Test::Unit::TestCase
       h.close
     end;
   end
+
+  # --- found in review -----------------------------------------------------
+
+  # The fork handshake holds the child until the parent has its pidfd, even
+  # when pidfd_open(2) is slow and a thread reaps every child meanwhile
+  # (strace delays the call; the pipe the child waits on was once
+  # non-blocking, and the child ran straight on).
+  def test_fork_handshake_holds_the_child
+    omit_unless_pidfd
+    strace = ENV["PATH"].split(File::PATH_SEPARATOR).map { |d| File.join(d, "strace") }.find { |f| File.executable?(f) }
+    omit "no strace" unless strace
+    script = <<~'RUBY'
+      keep = Process.spawn("sleep", "3")
+      Thread.new { loop { begin; Process.wait(-1); rescue Errno::ECHILD; sleep 0.01; end } }
+      sleep 0.2
+      h = Process::Handle.fork { exit!(4) }
+      io = (h.to_io rescue nil)
+      st = (h.wait rescue $!)
+      puts [h.race_free?, !io.nil?, st.respond_to?(:exitstatus) ? st.exitstatus : st.class].inspect
+      Process.kill(:KILL, keep) rescue nil
+    RUBY
+    cmd = [strace, "-f", "-qq", "-o", File::NULL, "-e", "trace=pidfd_open", "-e", "inject=pidfd_open:delay_enter=300000",
+           EnvUtil.rubybin, *ruby_load_args, "-e", script]
+    out = IO.popen(cmd, err: [:child, :out], &:read)
+    omit "strace cannot run here: #{out.lines.first}" if out.include?("PTRACE") || out.include?("ptrace")
+    assert_equal("[true, true, 4]", out.lines.last&.chomp, out)
+  end
+
+  def ruby_load_args
+    # The load path of this ruby for a child started without runruby.
+    $LOAD_PATH.grep_v(/\A#{Regexp.escape(__dir__)}/).flat_map { |d| ["-I", d] }
+  end
+
+  # A process never sees its own exit: a wait on it is ECHILD at once, as
+  # Process.wait(Process.pid) is.
+  def test_wait_on_self_is_echild
+    h = Process::Handle.open(Process.pid)
+    @opened << h
+    assert_raise(Errno::ECHILD) { Timeout.timeout(5) { h.wait } }
+    assert_raise(Errno::ECHILD) { Timeout.timeout(5) { Process.wait(h) } }
+    assert_raise(Errno::ECHILD) { h.wait_nonblock }
+    assert_equal(-1, Process::Status.wait(h).pid)
+    assert_predicate(h, :alive?)
+  end
+
+  # Detached handles are reaped when SIGCHLD does not reach Ruby too (a
+  # thread then waits, as for Process.detach(pid)): no zombie, no pidfd
+  # left once the handles are dropped.
+  def test_detach_without_ruby_sigchld_handler
+    %w[SYSTEM_DEFAULT IGNORE].each do |disposition|
+      assert_separately([], <<~"RUBY", timeout: 30)
+        trap(:CHLD, #{disposition.dump})
+        fds = Dir.children("/proc/self/fd").size
+        5.times { Process::Handle.spawn("sh", "-c", "sleep 0.1").detach }
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+        children = -> { File.read("/proc/self/task/\#{Process.pid}/children").split }
+        sleep 0.05 until (children.().empty? && (GC.start; Dir.children("/proc/self/fd").size) <= fds) ||
+                         Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        assert_equal([], children.(), "zombies (#{disposition})")
+        assert_equal(fds, Dir.children("/proc/self/fd").size, "pidfds left (#{disposition})")
+      RUBY
+    end
+  end
+
+  # Thread#kill after the fork, before Handle.fork returns (here inside a
+  # Process._fork override): the pidfd nobody will get is closed.
+  def test_fork_unwound_by_thread_kill_leaves_no_pidfd
+    omit_unless_pidfd
+    assert_separately([], <<~'RUBY', timeout: 30)
+      module Slow
+        def _fork
+          pid = super
+          sleep 5 if pid > 0
+          pid
+        end
+      end
+      Process.singleton_class.prepend(Slow)
+      before = Dir.children("/proc/self/fd").size
+      t = Thread.new { Process::Handle.fork { exit!(0) } }
+      sleep 0.5
+      t.kill
+      t.join
+      Process.wait
+      assert_equal(before, Dir.children("/proc/self/fd").size)
+    RUBY
+  end
+
+  # Out of descriptors: a GC frees some first, as for IO.pipe.
+  def test_fork_and_spawn_when_descriptors_run_out
+    assert_separately([], <<~'RUBY', timeout: 30)
+      Process.setrlimit(:NOFILE, 64)
+      # Fills the descriptor table with Files that are garbage at once.
+      fill = -> do
+        files = []
+        begin
+          loop { files << File.open(File::NULL) }
+        rescue Errno::EMFILE
+        end
+        files.clear
+      end
+      fill.()
+      h = Process::Handle.fork { exit!(3) }
+      assert_equal(3, h.wait.exitstatus)
+      h.close
+      fill.()
+      h = Process::Handle.spawn("true")
+      assert_predicate(h.wait, :success?)
+      h.close
+    RUBY
+  end
 end
