@@ -40,7 +40,7 @@ STOCK := $(BUILD)/stock
 # test/fiber files run with the fiber suite they join).
 OUR_TESTS := $(addprefix $(TREE)/,$(shell find test -name "test_*.rb" -not -path "test/fiber/*" | LC_ALL=C sort))
 TOUCHED_SUITES := fiber io ruby/test_io.rb ruby/test_io_buffer.rb ruby/test_io_m17n.rb \
-	ruby/test_io_timeout.rb ruby/test_process.rb ruby/test_thread.rb socket
+	ruby/test_io_timeout.rb ruby/test_process.rb ruby/test_thread.rb socket openssl
 TESTOPTS ?= -j$(JOBS)
 # Tests that fail on stock 3.4.5 only because they run as root (see the files).
 EXCLUDE_OPTS := -X $(TREE)/test/.excludes-root

@@ -56,7 +56,9 @@ io_wait_leave(VALUE ptr)
  *  call-seq: io_wait(io, events, timeout) -> events or false
  *
  *  Waits with IORING_OP_POLL_ADD (and a linked timeout) until +io+ is ready
- *  for some of +events+; returns those, or false on timeout.
+ *  for some of +events+; returns those, or false on timeout.  A +nil+
+ *  timeout is +io+'s IO#timeout, as for a wait without a scheduler
+ *  (rb_io_wait() hands the scheduler +nil+ unresolved).
  */
 VALUE
 scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout)
@@ -66,6 +68,7 @@ scheduler_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout)
     a.s = scheduler_get(self);
     a.fd = rb_io_descriptor(io);
     a.mask = NUM2INT(events);
+    if (NIL_P(timeout)) timeout = rb_io_timeout(io);
     a.timed = !NIL_P(timeout);
     if (a.timed) a.deadline = deadline_of(timeout);
     hook_enter(a.s, &a.hook, "io_wait", a.fd);

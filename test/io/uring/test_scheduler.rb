@@ -52,6 +52,28 @@ class TestIOUringScheduler < Test::Unit::TestCase
     assert_nil result
   end
 
+  # A wait without a timeout of its own uses IO#timeout, as without a
+  # scheduler: rb_io_wait() passes nil on to the hook (IO#wait_readable,
+  # and the waits of C extensions such as OpenSSL's).
+  def test_io_wait_nil_timeout_is_io_timeout
+    result = :unset
+    elapsed = nil
+    IO.pipe do |r, w|
+      r.timeout = 0.1
+      run_scheduler do
+        Fiber.schedule do
+          t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+          result = r.wait_readable
+          elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t
+        end
+      end
+      assert_nil r.wait_readable, "stock: nil after IO#timeout"
+    end
+    assert_nil result
+    assert_operator elapsed, :>=, 0.09
+    assert_operator elapsed, :<, 5
+  end
+
   def test_io_wait_ready
     result = nil
     IO.pipe do |r, w|
