@@ -580,22 +580,6 @@ handle_opened(VALUE self)
     return self;
 }
 
-/*
- *  call-seq:
- *    Process::Handle.spawn([env,] command... [,options]) -> handle
- *
- *  Creates a child process exactly as Process.spawn does (same arguments,
- *  same exceptions) and returns a handle for it instead of its pid.
- *
- *  On Linux the pidfd comes from clone(2) with CLONE_PIDFD, so the handle
- *  refers to this child from the moment it exists.  When exec fails,
- *  the child is reaped and its pidfd closed before the exception is
- *  raised.
- *
- *    h = Process::Handle.spawn("sleep", "1")
- *    h.pid   # => 12345
- *    h.wait  # => #<Process::Status: pid 12345 exit 0>
- */
 struct spawn_args {
     int argc;
     const VALUE *argv;
@@ -615,6 +599,22 @@ spawn_out_of_fds(VALUE ptr, VALUE exc)
     return Qundef;
 }
 
+/*
+ *  call-seq:
+ *    Process::Handle.spawn([env,] command... [,options]) -> handle
+ *
+ *  Creates a child process exactly as Process.spawn does (same arguments,
+ *  same exceptions) and returns a handle for it instead of its pid.
+ *
+ *  On Linux the pidfd comes from clone(2) with CLONE_PIDFD, so the handle
+ *  refers to this child from the moment it exists.  When exec fails,
+ *  the child is reaped and its pidfd closed before the exception is
+ *  raised.
+ *
+ *    h = Process::Handle.spawn("sleep", "1")
+ *    h.pid   # => 12345
+ *    h.wait  # => #<Process::Status: pid 12345 exit 0>
+ */
 static VALUE
 handle_s_spawn(int argc, VALUE *argv, VALUE klass)
 {
