@@ -396,14 +396,20 @@ handle_reap(VALUE self, struct process_handle *h, int options, int *eno)
     }
 }
 
+/* A status of handle_reap()/handle_wait(), raising for Qfalse. */
+static VALUE
+status_or_raise(struct process_handle *h, VALUE status, int eno)
+{
+    if (status == Qfalse) rb_syserr_fail(eno, NIL_P(h->io) ? "waitpid" : "waitid");
+    return status;
+}
+
 static VALUE
 handle_reap_or_raise(VALUE self, struct process_handle *h, int options)
 {
     int eno = 0;
     VALUE status = handle_reap(self, h, options, &eno);
-
-    if (status == Qfalse) rb_syserr_fail(eno, NIL_P(h->io) ? "waitpid" : "waitid");
-    return status;
+    return status_or_raise(h, status, eno);
 }
 
 static double
@@ -523,9 +529,7 @@ handle_wait_or_raise(VALUE self, VALUE timeout)
 {
     int eno = 0;
     VALUE status = handle_wait(self, timeout, &eno);
-
-    if (status == Qfalse) rb_syserr_fail(eno, NIL_P(handle_get(self)->io) ? "waitpid" : "waitid");
-    return status;
+    return status_or_raise(handle_get(self), status, eno);
 }
 
 /* --- creation ---------------------------------------------------------- */

@@ -29,24 +29,12 @@ class TestFiberProcessOpen < Test::Unit::TestCase
     end
   end
 
-  # Offered the handles, adopts none.
-  class DecliningScheduler < Scheduler
-    attr_reader :opened, :waited
-
-    def initialize(...)
-      super
-      @opened = []
-      @waited = []
-    end
-
+  # Offered the handles, adopts none: a handle reaching its #process_wait
+  # would be recorded there all the same.
+  class DecliningScheduler < AdoptingScheduler
     def process_open(handle)
-      @opened << handle
-      false
-    end
-
-    def process_wait(pid, flags)
-      @waited << pid
       super
+      false
     end
   end
 
