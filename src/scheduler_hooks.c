@@ -15,6 +15,8 @@
 
   Registered buffers: #io_buffer_register and #io_buffer_unregister.
 
+  Transfers kept across interrupts: rb_fiber_scheduler_transfer_call().
+
   Process handles: #process_open, and #process_wait given a handle.
 
 **********************************************************************/
@@ -25,6 +27,7 @@
 #include "internal/numeric.h"
 #include "internal/scheduler_hooks.h"
 #include "internal/thread.h"
+#include "vm_sync.h"
 
 static ID id_fiber_interrupt;
 static ID id_process_fork;
@@ -270,6 +273,13 @@ rb_fiber_scheduler_io_splice(VALUE scheduler, VALUE from, rb_off_t from_offset, 
  *  it.  If the scheduler does not implement the hook, the caller uses
  *  recvfrom(2) and #io_wait.  The non-blocking forms (#recv_nonblock,
  *  #recvfrom_nonblock) and #recvmsg never call it.
+ *
+ *  A hook whose fiber is interrupted (Fiber#raise, #timeout_after, IO#close)
+ *  after the transfer completed should offer the exception to
+ *  rb_fiber_scheduler_transfer_interrupted() and, if it is taken, return
+ *  the count: a caller that keeps what it receives (a TLS transport, say,
+ *  through rb_fiber_scheduler_transfer_call()) raises the exception once
+ *  the bytes are kept.  The same holds for #socket_send.
  */
 VALUE
 rb_fiber_scheduler_socket_recv(VALUE scheduler, VALUE socket, VALUE buffer, int flags, VALUE from)
@@ -483,6 +493,92 @@ VALUE
 rb_fiber_scheduler_io_operation(VALUE io, VALUE (*function)(VALUE), VALUE argument)
 {
     return rb_thread_io_scheduler_call(io, function, argument);
+}
+
+/*
+ * Transfers kept across interrupts (rb_fiber_scheduler_transfer_call):
+ * one frame per call in progress, on the caller's stack, found by its
+ * execution context.  Frames of several fibers (and, with Ractors, of
+ * several threads) are live at once, so the list is searched, not
+ * stacked; the innermost frame of a fiber comes first.
+ */
+struct transfer_frame {
+    struct transfer_frame *next;
+    const rb_execution_context_t *ec;
+    VALUE exception;
+};
+
+static struct transfer_frame *transfer_frames;
+
+struct transfer_call {
+    VALUE (*function)(VALUE);
+    VALUE argument;
+    struct transfer_frame frame;
+};
+
+static VALUE
+transfer_call_body(VALUE ptr)
+{
+    struct transfer_call *call = (struct transfer_call *)ptr;
+
+    return call->function(call->argument);
+}
+
+static VALUE
+transfer_call_leave(VALUE ptr)
+{
+    struct transfer_call *call = (struct transfer_call *)ptr;
+    struct transfer_frame **p;
+
+    RB_VM_LOCK_ENTER();
+    for (p = &transfer_frames; *p; p = &(*p)->next) {
+        if (*p == &call->frame) {
+            *p = call->frame.next;
+            break;
+        }
+    }
+    RB_VM_LOCK_LEAVE();
+    return Qnil;
+}
+
+/* See ruby/fiber/scheduler.h. */
+VALUE
+rb_fiber_scheduler_transfer_call(VALUE (*function)(VALUE), VALUE argument, VALUE *exception)
+{
+    struct transfer_call call = {function, argument, {NULL, GET_EC(), Qnil}};
+    VALUE result;
+
+    RB_VM_LOCK_ENTER();
+    call.frame.next = transfer_frames;
+    transfer_frames = &call.frame;
+    RB_VM_LOCK_LEAVE();
+    result = rb_ensure(transfer_call_body, (VALUE)&call, transfer_call_leave, (VALUE)&call);
+    *exception = call.frame.exception;
+    RB_GC_GUARD(call.frame.exception);
+    return result;
+}
+
+/* See ruby/fiber/scheduler.h. */
+int
+rb_fiber_scheduler_transfer_interrupted(VALUE exception)
+{
+    const rb_execution_context_t *ec = GET_EC();
+    struct transfer_frame *frame;
+    int deferred = 0;
+
+    if (!rb_obj_is_kind_of(exception, rb_eException)) return 0;
+    RB_VM_LOCK_ENTER();
+    for (frame = transfer_frames; frame; frame = frame->next) {
+        if (frame->ec == ec) {
+            if (NIL_P(frame->exception)) {
+                frame->exception = exception;
+                deferred = 1;
+            }
+            break;
+        }
+    }
+    RB_VM_LOCK_LEAVE();
+    return deferred;
 }
 
 /*

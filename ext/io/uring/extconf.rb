@@ -17,6 +17,9 @@ if RUBY_PLATFORM.include?("linux") && with_config("liburing", true)
     # A ruby with patch 9 (or master): #process_wait builds statuses of
     # children it reaped through a pidfd.
     have_func("rb_process_status_for", "ruby.h")
+    # A ruby with patch 13: received and sent bytes survive an interrupt
+    # for callers that keep them (the TLS transport).
+    have_func("rb_fiber_scheduler_transfer_call", "ruby/fiber/scheduler.h")
     # Keep liburing's symbols out of the extension's exports, where
     # Init_uring is the only one.
     exclude = " -Wl,--exclude-libs,ALL"

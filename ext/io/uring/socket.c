@@ -39,6 +39,7 @@ struct sock_args {
     struct iovec iov;
     int accepting;              /* an accept was queued ... */
     int accepted;               /* ... and its descriptor handed to the caller */
+    int transfer;               /* recv, send: what moved is kept across interrupts */
 };
 
 static void
@@ -72,10 +73,52 @@ sock_sqe(struct sock_args *a)
     return op_sqe(a->s, &a->op);
 }
 
+struct sock_wait_args {
+    struct sock_args *a;
+    struct io_uring_sqe *sqe;
+};
+
+static VALUE
+sock_wait_body(VALUE ptr)
+{
+    struct sock_wait_args *w = (struct sock_wait_args *)ptr;
+    struct sock_args *a = w->a;
+
+    return INT2NUM(hook_wait_until(a->s, &a->hook, &a->op, w->sqe, a->timed ? &a->deadline : NULL));
+}
+
+/* hook_wait_until() for a receive or a send.  Interrupted after the
+ * kernel moved bytes (the cancellation came too late), it returns the
+ * count if the caller keeps it and raises the exception afterwards
+ * (rb_fiber_scheduler_transfer_call()); otherwise the bytes are lost with
+ * the exception, as a read(2)'s are under Thread#raise. */
+static int32_t
+sock_transfer_wait(struct sock_args *a, struct io_uring_sqe *sqe)
+{
+    struct sock_wait_args w = {a, sqe};
+    int state;
+    VALUE result = rb_protect(sock_wait_body, (VALUE)&w, &state);
+
+    if (state) {
+#ifdef HAVE_RB_FIBER_SCHEDULER_TRANSFER_CALL
+        if (!a->op.inflight && a->op.result > 0 &&
+            rb_fiber_scheduler_transfer_interrupted(rb_errinfo())) {
+            rb_set_errinfo(Qnil);
+            a->hook.op = NULL;
+            a->hook.nops = 0;
+            return a->op.result;
+        }
+#endif
+        rb_jump_tag(state);
+    }
+    return NUM2INT(result);
+}
+
 static int32_t
 sock_wait(struct sock_args *a, struct io_uring_sqe *sqe)
 {
-    int32_t result = hook_wait_until(a->s, &a->hook, &a->op, sqe, a->timed ? &a->deadline : NULL);
+    int32_t result = (a->transfer ? sock_transfer_wait(a, sqe) :
+                      hook_wait_until(a->s, &a->hook, &a->op, sqe, a->timed ? &a->deadline : NULL));
 
     if (result == -ECANCELED && a->timed) {
         rb_raise(rb_eIOTimeoutError, "Timed out waiting for IO to become %s!",
@@ -165,7 +208,9 @@ recv_body(VALUE ptr)
  *  Receives once from +socket+ into +buffer+ with IORING_OP_RECV, or
  *  IORING_OP_RECVMSG when +from+ is a String, which then receives the
  *  sender's packed address.  Raises IO::TimeoutError after the socket's
- *  IO#timeout.
+ *  IO#timeout.  Interrupted (Fiber#raise, #timeout_after, IO#close) after
+ *  the kernel received, it returns the count if the caller keeps it
+ *  (rb_fiber_scheduler_transfer_call()), which raises the exception.
  */
 static VALUE
 scheduler_socket_recv(int argc, VALUE *argv, VALUE self)
@@ -175,6 +220,7 @@ scheduler_socket_recv(int argc, VALUE *argv, VALUE self)
 
     rb_scan_args(argc, argv, "31", &socket, &buffer, &flags, &from);
     sock_begin(&a, self, socket, RUBY_IO_READABLE, "socket_recv");
+    a.transfer = 1;
     a.flags = NUM2INT(flags);
     if (!NIL_P(from)) {
         StringValue(from);
@@ -223,7 +269,8 @@ sock_address(struct sock_args *a, VALUE address)
  *
  *  Sends +buffer+ once on +socket+ with IORING_OP_SEND, or
  *  IORING_OP_SENDMSG to the packed address +destination+.  Raises
- *  IO::TimeoutError after the socket's IO#timeout.
+ *  IO::TimeoutError after the socket's IO#timeout.  An interrupt after
+ *  the send as for #socket_recv.
  */
 static VALUE
 scheduler_socket_send(int argc, VALUE *argv, VALUE self)
@@ -233,6 +280,7 @@ scheduler_socket_send(int argc, VALUE *argv, VALUE self)
 
     rb_scan_args(argc, argv, "31", &socket, &buffer, &flags, &destination);
     sock_begin(&a, self, socket, RUBY_IO_WRITABLE, "socket_send");
+    a.transfer = 1;
     a.flags = NUM2INT(flags);
     if (!NIL_P(destination)) sock_address(&a, destination);
     sock_buffer(&a, buffer, 0);
