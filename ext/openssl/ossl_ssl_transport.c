@@ -586,6 +586,15 @@ ossl_transport_reserve(SSL *ssl, VALUE io)
         ossl_transport_flush(ssl, io, NULL);
 }
 
+/* Whether the send buffer takes one more record without growing. */
+int
+ossl_transport_room(SSL *ssl)
+{
+    struct ossl_transport *t = transport_of(ssl);
+
+    return t && t->wlen + TRANSPORT_RECORD_MAX <= (t->wcap ? t->wcap : TRANSPORT_BUFFER_SIZE);
+}
+
 /*
  * After each SSL_* call of a blocking method: what the call wrote
  * (records, a handshake flight, a KeyUpdate or renegotiation answer during
@@ -659,6 +668,7 @@ void ossl_transport_after(SSL *ssl, VALUE io, int ssl_error, const char *funcnam
 int ossl_transport_fill(SSL *ssl, VALUE io, int readahead) { return 0; }
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname) { return 0; }
 void ossl_transport_reserve(SSL *ssl, VALUE io) { }
+int ossl_transport_room(SSL *ssl) { return 0; }
 static void Init_transport_bio(void) { }
 
 #endif

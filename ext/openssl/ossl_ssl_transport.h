@@ -28,6 +28,7 @@ void ossl_transport_after(SSL *ssl, VALUE io, int ssl_error, const char *funcnam
 int ossl_transport_fill(SSL *ssl, VALUE io, int readahead);
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname);
 void ossl_transport_reserve(SSL *ssl, VALUE io);
+int ossl_transport_room(SSL *ssl);
 void Init_ossl_ssl_transport(void);
 
 #endif /* OSSL_SSL_TRANSPORT_H */

@@ -511,6 +511,26 @@ class TestIOUringSSL < Test::Unit::TestCase
     end
   end
 
+  # A blocking #syswrite on the transport sends the records of as much of
+  # the String as fits the buffer together (stock: one 16 KiB record per
+  # call); the count says how much, as for any partial write.
+  def test_syswrite_coalesces_records
+    under_scheduler do
+      [true, false].map do |transport|
+        with_pair(transport: transport) do |c, s|
+          data = pattern(0, 200_000)
+          n = c.syswrite(data)
+          got = +""
+          got << s.sysread(65536) while got.bytesize < n
+          assert_equal data.byteslice(0, n), got
+          n
+        end
+      end
+    end => [coalesced, stock]
+    assert_equal 16384, stock
+    assert_operator coalesced, :>=, 3 * 16384
+  end
+
   def test_interleaved_transports_between_ends
     under_scheduler do
       with_pair(server_opts: {scheduler_transport: false}) do |c, s|
