@@ -70,6 +70,11 @@ struct ossl_transport {
     size_t wlen;
     size_t flushing;            /* bytes of wbuf a flush has in flight */
     int wrote;                  /* the current SSL_* call staged output */
+    /* A blocking SSL_write() of `committed_len` bytes by fiber
+     * `committer` took `committed` (staged), and its flush was
+     * interrupted: that fiber retries. */
+    int committed, committed_len;
+    VALUE committer;
     VALUE fill_lock, flush_lock;
 };
 
@@ -86,6 +91,7 @@ transport_mark(void *ptr)
 
     rb_gc_mark(t->fill_lock);
     rb_gc_mark(t->flush_lock);
+    rb_gc_mark(t->committer);
 }
 
 /* Only when the SSLSocket is unreachable: no fiber is inside a fill or a
@@ -314,6 +320,7 @@ ossl_transport_attach(VALUE self, SSL *ssl, VALUE io)
     t->mode = OSSL_TRANSPORT_STAGED;
     t->fill_lock = rb_mutex_new();
     t->flush_lock = rb_mutex_new();
+    t->committer = Qnil;
     if (!(bio = BIO_new(transport_method)))
         ossl_raise(eOSSLError, "BIO_new");
     BIO_set_data(bio, t);
@@ -586,6 +593,70 @@ ossl_transport_reserve(SSL *ssl, VALUE io)
         ossl_transport_flush(ssl, io, NULL);
 }
 
+/*
+ * After a blocking SSL_write() took `nwritten` of `num` bytes: sends them.
+ * If an interrupt (Timeout, Fiber#raise) stops the send, the bytes stay
+ * staged and the count is kept for the caller's retry with the same
+ * length (ossl_transport_resume_write()), as libssl keeps a record the
+ * socket BIO could not write: retrying the write does not send it twice.
+ * One such count per socket: another fiber's interrupted write, if one
+ * waits for its retry, keeps it.
+ */
+void
+ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, int num)
+{
+    struct ossl_transport *t = transport_of(ssl);
+    VALUE fiber = rb_fiber_current();
+    int mine;
+
+    if (!t) return;
+    mine = !t->committed || t->committer == fiber;
+    if (mine) {
+        t->committed = nwritten;
+        t->committed_len = num;
+        t->committer = fiber;
+    }
+    ossl_transport_flush(ssl, io, NULL);
+    if (mine) {
+        t->committed = 0;
+        t->committer = Qnil;
+    }
+}
+
+/*
+ * Before a blocking SSL_write() of `num` bytes: if the last one's flush
+ * was interrupted and this is its retry (the same length), finishes the
+ * flush and returns that write's count.  Otherwise 0: write as usual.
+ */
+int
+ossl_transport_resume_write(SSL *ssl, VALUE io, int num)
+{
+    struct ossl_transport *t = transport_of(ssl);
+    int n;
+
+    if (!t || !t->committed || t->committer != rb_fiber_current()) return 0;
+    n = t->committed;
+    if (t->committed_len != num) {
+        t->committed = 0;
+        t->committer = Qnil;
+        return 0;
+    }
+    ossl_transport_flush_written(ssl, io, n, num);
+    return n;
+}
+
+/* A non-blocking write forgets an interrupted blocking one. */
+void
+ossl_transport_forget_write(SSL *ssl)
+{
+    struct ossl_transport *t = transport_of(ssl);
+
+    if (t && t->committer == rb_fiber_current()) {
+        t->committed = 0;
+        t->committer = Qnil;
+    }
+}
+
 /* Whether the send buffer takes one more record without growing. */
 int
 ossl_transport_room(SSL *ssl)
@@ -669,6 +740,9 @@ int ossl_transport_fill(SSL *ssl, VALUE io, int readahead) { return 0; }
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname) { return 0; }
 void ossl_transport_reserve(SSL *ssl, VALUE io) { }
 int ossl_transport_room(SSL *ssl) { return 0; }
+void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, int num) { }
+int ossl_transport_resume_write(SSL *ssl, VALUE io, int num) { return 0; }
+void ossl_transport_forget_write(SSL *ssl) { }
 static void Init_transport_bio(void) { }
 
 #endif

@@ -294,6 +294,56 @@ class TestIOUringSSL < Test::Unit::TestCase
     assert_operator raised, :>, 10
   end
 
+  # Fiber#raise while a writer's records are being sent: the interrupted
+  # #syswrite is retried with the same bytes, as after an interrupted wait
+  # with the socket BIO (libssl then finishes its pending record), and the
+  # peer receives every byte once.
+  def test_fiber_raise_during_writes_keeps_the_stream
+    interrupt = Class.new(StandardError)
+    size = 4 << 20
+    raised = 0
+    under_scheduler do
+      [true, false].map do |transport|
+        with_pair(tcp: true, transport: transport) do |c, s|
+          got = +""
+          reader = Fiber.schedule do
+            buf = String.new
+            while got.bytesize < size
+              got << s.sysread(65536, buf)
+              sleep 0.0001 if rand < 0.05
+            end
+          end
+          writer = Fiber.current
+          done = writing = false
+          Fiber.schedule do
+            until done
+              sleep 0
+              Fiber.schedule { writer.raise(interrupt) } if writing
+            end
+          end
+          off = 0
+          while off < size
+            data = pattern(off, [50000, size - off].min)
+            begin
+              writing = true
+              n = c.syswrite(data)
+              writing = false
+            rescue interrupt
+              writing = false
+              raised += 1
+              retry
+            end
+            off += n
+          end
+          done = true
+          sleep 0.001 while reader.alive?
+          assert_equal Digest::SHA256.hexdigest(pattern(0, size)), Digest::SHA256.hexdigest(got), "transport: #{transport}"
+        end
+      end
+    end
+    assert_operator raised, :>, 10
+  end
+
   def test_timeout_during_reads_keeps_the_stream
     size = 1 << 20
     timeouts = 0
@@ -561,7 +611,7 @@ class TestIOUringSSL < Test::Unit::TestCase
   # or starts a TLS 1.2 renegotiation ("R"), in the middle of the stream.
   # The client answers inside SSL_read: the transport has to send the
   # answer although the client only reads.
-  def s_server_session(args, command)
+  def s_server_session(args, command, sent)
     omit "no openssl command" unless system("openssl version", out: File::NULL, err: File::NULL)
     # s_server's messages go through stdio: unbuffered, they can be waited for
     omit "no stdbuf command" unless system("stdbuf --version", out: File::NULL, err: File::NULL)
@@ -585,7 +635,8 @@ class TestIOUringSSL < Test::Unit::TestCase
             server.puts "before"
             assert_equal "before\n", c.gets
             server.puts command
-            sleep 0.1
+            # s_server takes a command only alone in its read of stdin
+            Timeout.timeout(10) { sleep 0.01 until log.match?(sent) }
             server.puts "after"
             assert_equal "after\n", c.gets
             yield log
@@ -605,7 +656,7 @@ class TestIOUringSSL < Test::Unit::TestCase
 
   def test_key_update_mid_stream
     require 'tmpdir'
-    log = s_server_session(["-tls1_3"], "K") { }
+    log = s_server_session(["-tls1_3"], "K", />>> .*KeyUpdate/) { }
     # libssl answers with its own KeyUpdate when it next writes; the server
     # reads the client's data under the new keys
     assert_match(/>>> .*KeyUpdate.*<<< .*KeyUpdate.*from client/m, log)
@@ -613,7 +664,7 @@ class TestIOUringSSL < Test::Unit::TestCase
 
   def test_renegotiation_mid_stream
     require 'tmpdir'
-    log = s_server_session(["-tls1_2"], "R") do |server_log|
+    log = s_server_session(["-tls1_2"], "R", />>> .*HelloRequest/) do |server_log|
       # the client's new ClientHello left during its read, before it wrote
       Timeout.timeout(10) { sleep 0.01 until server_log.scan(/<<< .*ClientHello/).size >= 2 }
     end
