@@ -344,6 +344,34 @@ class TestIOUringSSL < Test::Unit::TestCase
     assert_operator raised, :>, 10
   end
 
+  # Interrupted handshakes: Timeout while the client waits for the
+  # server's flight, Fiber#raise while the server waits for the
+  # ClientHello; a handshake retried after an interrupt completes.
+  def test_interrupted_handshakes
+    under_scheduler do
+      a, b = UNIXSocket.pair
+      c = OpenSSL::SSL::SSLSocket.new(a, client_context)
+      assert_raise(Timeout::Error) { Timeout.timeout(0.05) { c.connect } }
+      assert_equal :scheduler, c.transport
+      s = OpenSSL::SSL::SSLSocket.new(b, server_context)
+      server = Fiber.current
+      Fiber.schedule { sleep 0.05; server.raise(RuntimeError, "stop") }
+      # the ClientHello is there: the server sends its flight, then waits
+      # for the client's Finished, and is interrupted there
+      e = assert_raise(RuntimeError) { s.accept }
+      assert_equal "stop", e.message
+      done = Thread::Queue.new
+      Fiber.schedule { s.accept; done << true }
+      c.connect
+      done.pop
+      c.puts "after"
+      assert_equal "after\n", s.gets
+    ensure
+      a&.close
+      b&.close
+    end
+  end
+
   def test_timeout_during_reads_keeps_the_stream
     size = 1 << 20
     timeouts = 0
