@@ -63,17 +63,16 @@ struct ossl_transport {
     int filling;                /* a fill is in flight into rbuf + rtail */
     unsigned long fill_gen;     /* fills done */
     int eof;                    /* the peer closed: reads answer 0 */
+    int broken;                 /* a transfer ended without its count */
     int rerr;                   /* errno of a failed fill, reported once */
     /* ciphertext to send: [0, wlen) of wbuf, wcap bytes */
     char *wbuf;
     size_t wcap;
     size_t wlen;
     size_t flushing;            /* bytes of wbuf a flush has in flight */
-    int wrote;                  /* the current SSL_* call staged output */
-    /* A blocking SSL_write() of `committed_len` bytes by fiber
-     * `committer` took `committed` (staged), and its flush was
-     * interrupted: that fiber retries. */
-    int committed, committed_len;
+    /* A blocking SSL_write() by fiber `committer` took `committed` bytes
+     * (staged), and its flush was interrupted: that fiber retries. */
+    int committed;
     VALUE committer;
     VALUE fill_lock, flush_lock;
 };
@@ -250,7 +249,6 @@ bio_write(BIO *bio, const char *in, int len)
     }
     memcpy(t->wbuf + t->wlen, in, n);
     t->wlen += n;
-    t->wrote = 1;
     return (int)n;
 }
 
@@ -335,23 +333,37 @@ ossl_transport_p(SSL *ssl)
     return transport_of(ssl) != NULL;
 }
 
+/* Sends what is staged with write(2)/send(2) as far as the socket takes
+ * it without waiting; errors are left for the next call to meet. */
+static void
+drain_nonblock(struct ossl_transport *t, VALUE io)
+{
+    ssize_t r;
+
+    if (t->flushing || (!NIL_P(io) && RTEST(rb_io_closed_p(io)))) return;
+    while (t->wlen > 0 && (r = direct_write(t, t->wbuf, t->wlen)) > 0) {
+        memmove(t->wbuf, t->wbuf + r, t->wlen - r);
+        t->wlen -= r;
+    }
+}
+
 /* Before each SSL_* call: how the BIO serves it. */
 void
 ossl_transport_begin(SSL *ssl, enum ossl_transport_mode mode)
 {
     struct ossl_transport *t = transport_of(ssl);
 
-    if (t) {
-        t->mode = mode;
-        t->wrote = 0;
-    }
+    if (!t) return;
+    t->mode = mode;
+    /* what a blocking call left staged goes first, as far as it can now */
+    if (mode == OSSL_TRANSPORT_DIRECT && t->wlen > 0) drain_nonblock(t, Qnil);
 }
 
 /* ---- moving bytes ---- */
 
 struct transfer {
     struct ossl_transport *t;
-    VALUE scheduler, io, buffer;
+    VALUE scheduler, io, buffer, exception;
     char *base;
     size_t size;
     int write;
@@ -391,6 +403,18 @@ transfer_protected(VALUE ptr)
     return rb_ensure(transfer_hook, ptr, transfer_release, ptr);
 }
 
+static VALUE
+transfer_call(VALUE ptr)
+{
+    struct transfer *x = (struct transfer *)ptr;
+
+#ifdef HAVE_RB_FIBER_SCHEDULER_TRANSFER_CALL
+    return rb_fiber_scheduler_transfer_call(transfer_protected, ptr, &x->exception);
+#else
+    return transfer_protected(ptr);
+#endif
+}
+
 /*
  * One transfer between the descriptor and [base, base + size): the
  * scheduler's hook if the current fiber has a scheduler that has one,
@@ -402,19 +426,26 @@ transfer_protected(VALUE ptr)
 static ssize_t
 transfer(struct ossl_transport *t, VALUE io, char *base, size_t size, int write, VALUE *exception)
 {
-    struct transfer x = {t, rb_fiber_scheduler_current(), io, Qnil, base, size, write};
+    struct transfer x = {t, rb_fiber_scheduler_current(), io, Qnil, Qnil, base, size, write};
     VALUE result;
     ssize_t n;
+    int state;
 
     *exception = Qnil;
+    if (t->broken)
+        rb_raise(rb_eIOError, "TLS stream broken: a transfer was abandoned midway");
     if (!NIL_P(x.scheduler) && scheduler_usable(x.scheduler, t->socket)) {
         if (write) t->flushing = size;
         else t->filling = 1;
-#ifdef HAVE_RB_FIBER_SCHEDULER_TRANSFER_CALL
-        result = rb_fiber_scheduler_transfer_call(transfer_protected, (VALUE)&x, exception);
-#else
-        result = transfer_protected((VALUE)&x);
-#endif
+        result = rb_protect(transfer_call, (VALUE)&x, &state);
+        if (state) {
+            /* Fiber#kill, Thread#kill, throw: the kernel may have moved
+             * bytes nobody counted.  (An exception means it did not: a
+             * completed transfer defers it, see transfer_call().) */
+            if (!rb_obj_is_kind_of(rb_errinfo(), rb_eException)) t->broken = 1;
+            rb_jump_tag(state);
+        }
+        *exception = x.exception;
         if (result != Qundef) {
             n = NUM2SSIZET(result);
             if (n > (ssize_t)size) rb_raise(rb_eIOError, "scheduler transferred more than asked");
@@ -457,30 +488,23 @@ fill_locked(VALUE ptr)
     size_t size;
     ssize_t n;
 
-    /* Another fiber filled while this one waited: retry the call first. */
-    if (t->fill_gen != a->gen || t->eof || t->rerr) return Qnil;
-    /* libssl reads the stale descriptor number of a closed IO. */
-    if (io_closed_p(a->io)) {
-        t->rerr = EBADF;
-        t->fill_gen++;
-        return Qnil;
-    }
-    if (!t->rbuf) {
-        t->rbuf = ruby_xmalloc(TRANSPORT_BUFFER_SIZE);
-        t->rhead = t->rtail = 0;
-    }
-    else if (t->rhead > 0) {
-        /* no other fiber holds a position in rbuf across a switch */
-        memmove(t->rbuf, t->rbuf + t->rhead, t->rtail - t->rhead);
-        t->rtail -= t->rhead;
-        t->rhead = 0;
-    }
-    size = TRANSPORT_BUFFER_SIZE - t->rtail;
-    if (!a->readahead && t->ask > 0 && t->ask < size) size = t->ask;
-    if (size == 0) return Qnil;     /* libssl has a full buffer to read */
     for (;;) {
-        n = transfer(t, a->io, t->rbuf + t->rtail, size, 0, &exception);
-        if (n > 0) t->rtail += n;
+        /* Another fiber filled, or its call left bytes, while this one
+         * waited (for the lock, or below): retry the SSL_* call first.
+         * (libssl takes every staged byte before it asks for more.) */
+        if (t->fill_gen != a->gen || t->rtail > t->rhead || t->eof || t->rerr) return Qnil;
+        /* libssl reads the stale descriptor number of a closed IO. */
+        if (io_closed_p(a->io)) {
+            t->rerr = EBADF;
+            t->fill_gen++;
+            return Qnil;
+        }
+        if (!t->rbuf) t->rbuf = ruby_xmalloc(TRANSPORT_BUFFER_SIZE);
+        t->rhead = t->rtail = 0;
+        size = TRANSPORT_BUFFER_SIZE;
+        if (!a->readahead && t->ask > 0 && t->ask < size) size = t->ask;
+        n = transfer(t, a->io, t->rbuf, size, 0, &exception);
+        if (n > 0) t->rtail = n;
         if (n == -EAGAIN || n == -EWOULDBLOCK || n == -EINTR) {
             if (!NIL_P(exception)) rb_exc_raise(exception);
             transport_wait(a->io, RUBY_IO_READABLE);
@@ -521,6 +545,7 @@ struct flush_args {
     struct ossl_transport *t;
     VALUE io;
     const char *funcname;
+    size_t limit;               /* send this much (what was staged), or all */
 };
 
 static VALUE
@@ -531,13 +556,14 @@ flush_locked(VALUE ptr)
     VALUE exception;
     ssize_t n;
 
-    while (t->wlen > 0) {
+    while (t->wlen > 0 && a->limit > 0) {
         if (io_closed_p(a->io)) rb_syserr_fail(EBADF, a->funcname);
         /* Bytes appended meanwhile (by other fibers) go in the next round. */
         n = transfer(t, a->io, t->wbuf, t->wlen, 1, &exception);
         if (n > 0) {
             memmove(t->wbuf, t->wbuf + n, t->wlen - n);
             t->wlen -= n;
+            a->limit = (size_t)n < a->limit ? a->limit - n : 0;
         }
         else if (n == -EAGAIN || n == -EWOULDBLOCK || n == -EINTR || n == 0) {
             if (!NIL_P(exception)) rb_exc_raise(exception);
@@ -549,7 +575,7 @@ flush_locked(VALUE ptr)
         }
         if (!NIL_P(exception)) rb_exc_raise(exception);
     }
-    if (!t->flushing) {
+    if (t->wlen == 0 && !t->flushing) {
         ruby_xfree(t->wbuf);
         t->wbuf = NULL;
         t->wcap = 0;
@@ -563,18 +589,25 @@ flush_locked(VALUE ptr)
  * friends, with `funcname` in the message where stock has it.  Returns 0
  * if `ssl` has no transport.
  */
+static void
+flush_up_to(struct ossl_transport *t, VALUE io, const char *funcname, size_t limit)
+{
+    struct flush_args a;
+
+    a.t = t;
+    a.io = io;
+    a.funcname = funcname;
+    a.limit = limit;
+    rb_mutex_synchronize(t->flush_lock, flush_locked, (VALUE)&a);
+}
+
 int
 ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname)
 {
     struct ossl_transport *t = transport_of(ssl);
-    struct flush_args a;
 
     if (!t) return 0;
-    if (t->wlen == 0) return 1;
-    a.t = t;
-    a.io = io;
-    a.funcname = funcname;
-    rb_mutex_synchronize(t->flush_lock, flush_locked, (VALUE)&a);
+    if (t->wlen > 0) flush_up_to(t, io, funcname, SIZE_MAX);
     return 1;
 }
 
@@ -594,26 +627,27 @@ ossl_transport_reserve(SSL *ssl, VALUE io)
 }
 
 /*
- * After a blocking SSL_write() took `nwritten` of `num` bytes: sends them.
- * If an interrupt (Timeout, Fiber#raise) stops the send, the bytes stay
- * staged and the count is kept for the caller's retry with the same
- * length (ossl_transport_resume_write()), as libssl keeps a record the
- * socket BIO could not write: retrying the write does not send it twice.
- * One such count per socket: another fiber's interrupted write, if one
- * waits for its retry, keeps it.
+ * After a blocking SSL_write() took `nwritten` bytes: sends them.  If an
+ * interrupt (Timeout, Fiber#raise) stops the send, the bytes stay staged
+ * and the count is kept for the fiber's retry (ossl_transport_resume_write()),
+ * as libssl keeps a record the socket BIO could not write: the retry does
+ * not send them twice.  One count per socket: while a fiber's retry is
+ * owed, another fiber's interrupted write is not covered (it is, once that
+ * fiber is gone).
  */
 void
-ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, int num)
+ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten)
 {
     struct ossl_transport *t = transport_of(ssl);
     VALUE fiber = rb_fiber_current();
     int mine;
 
     if (!t) return;
+    if (t->committed && t->committer != fiber && !RTEST(rb_fiber_alive_p(t->committer)))
+        t->committed = 0;
     mine = !t->committed || t->committer == fiber;
     if (mine) {
         t->committed = nwritten;
-        t->committed_len = num;
         t->committer = fiber;
     }
     ossl_transport_flush(ssl, io, NULL);
@@ -624,9 +658,11 @@ ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, int num)
 }
 
 /*
- * Before a blocking SSL_write() of `num` bytes: if the last one's flush
- * was interrupted and this is its retry (the same length), finishes the
- * flush and returns that write's count.  Otherwise 0: write as usual.
+ * Before a blocking SSL_write() of `num` bytes: if this fiber's last
+ * write was interrupted after its bytes were taken, this is its retry
+ * (libssl's rule: at least as many bytes; OpenSSL::Buffering retries with
+ * more): finishes the flush and returns that write's count.  Otherwise 0:
+ * write as usual.
  */
 int
 ossl_transport_resume_write(SSL *ssl, VALUE io, int num)
@@ -636,16 +672,16 @@ ossl_transport_resume_write(SSL *ssl, VALUE io, int num)
 
     if (!t || !t->committed || t->committer != rb_fiber_current()) return 0;
     n = t->committed;
-    if (t->committed_len != num) {
+    if (num < n) {
         t->committed = 0;
         t->committer = Qnil;
         return 0;
     }
-    ossl_transport_flush_written(ssl, io, n, num);
+    ossl_transport_flush_written(ssl, io, n);
     return n;
 }
 
-/* A non-blocking write forgets an interrupted blocking one. */
+/* A non-blocking write forgets this fiber's interrupted blocking one. */
 void
 ossl_transport_forget_write(SSL *ssl)
 {
@@ -667,37 +703,45 @@ ossl_transport_room(SSL *ssl)
 }
 
 /*
- * After each SSL_* call of a blocking method: what the call wrote
- * (records, a handshake flight, a KeyUpdate or renegotiation answer during
- * a read, an alert) is sent before the method waits for input or returns.
- * What other fibers staged is theirs to send: a reader never waits for a
- * writer's flush (the peer may wait for the reader to read first).  If a
- * flush is already under way it sends these bytes too.  After a failed
- * call the send is attempted once without waiting and its errors are
- * ignored: the call's own error is the one to raise.
+ * After an SSL_read() that returns data and staged output (a renegotiation
+ * flight): sends it without waiting, so that nothing can interrupt the
+ * return of the data; what the socket does not take goes with the next
+ * call.
+ */
+void
+ossl_transport_drain(SSL *ssl, VALUE io)
+{
+    struct ossl_transport *t = transport_of(ssl);
+
+    if (t && t->wlen > 0) drain_nonblock(t, io);
+}
+
+/*
+ * After an SSL_* call of a blocking method (the handshake, a read that
+ * did not return data, a write that did not succeed): what is staged
+ * (records, a handshake flight, a renegotiation answer, an alert, or what
+ * an interrupted flush left) is sent, up to what is there now, before the
+ * method waits or returns.  If another fiber's flush is under way, it
+ * sends these bytes: a reader never waits for writers (the peer may be
+ * waiting for it to read).  After a failed call one attempt is made
+ * without waiting, errors ignored: the call's own error is the one to
+ * raise.
  */
 void
 ossl_transport_after(SSL *ssl, VALUE io, int ssl_error, const char *funcname)
 {
     struct ossl_transport *t = transport_of(ssl);
 
-    if (!t || !t->wrote || t->wlen == 0 || t->mode == OSSL_TRANSPORT_DIRECT) return;
-    t->wrote = 0;
+    if (!t || t->wlen == 0 || t->mode == OSSL_TRANSPORT_DIRECT) return;
     switch (ssl_error) {
       case SSL_ERROR_NONE:
       case SSL_ERROR_WANT_READ:
       case SSL_ERROR_WANT_WRITE:
         if (!RTEST(rb_mutex_locked_p(t->flush_lock)))
-            ossl_transport_flush(ssl, io, funcname);
+            flush_up_to(t, io, funcname, t->wlen);
         return;
       default:
-        if (!t->flushing && !io_closed_p(io)) {
-            ssize_t r = direct_write(t, t->wbuf, t->wlen);
-            if (r > 0) {
-                memmove(t->wbuf, t->wbuf + r, t->wlen - r);
-                t->wlen -= r;
-            }
-        }
+        drain_nonblock(t, io);
     }
 }
 
@@ -740,9 +784,10 @@ int ossl_transport_fill(SSL *ssl, VALUE io, int readahead) { return 0; }
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname) { return 0; }
 void ossl_transport_reserve(SSL *ssl, VALUE io) { }
 int ossl_transport_room(SSL *ssl) { return 0; }
-void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, int num) { }
+void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten) { }
 int ossl_transport_resume_write(SSL *ssl, VALUE io, int num) { return 0; }
 void ossl_transport_forget_write(SSL *ssl) { }
+void ossl_transport_drain(SSL *ssl, VALUE io) { }
 static void Init_transport_bio(void) { }
 
 #endif

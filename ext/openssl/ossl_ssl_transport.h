@@ -29,9 +29,10 @@ int ossl_transport_fill(SSL *ssl, VALUE io, int readahead);
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname);
 void ossl_transport_reserve(SSL *ssl, VALUE io);
 int ossl_transport_room(SSL *ssl);
-void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, int num);
+void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten);
 int ossl_transport_resume_write(SSL *ssl, VALUE io, int num);
 void ossl_transport_forget_write(SSL *ssl);
+void ossl_transport_drain(SSL *ssl, VALUE io);
 void Init_ossl_ssl_transport(void);
 
 #endif /* OSSL_SSL_TRANSPORT_H */

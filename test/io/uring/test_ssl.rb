@@ -294,11 +294,13 @@ class TestIOUringSSL < Test::Unit::TestCase
     assert_operator raised, :>, 10
   end
 
-  # Fiber#raise while a writer's records are being sent: the interrupted
-  # #syswrite is retried with the same bytes, as after an interrupted wait
-  # with the socket BIO (libssl then finishes its pending record), and the
-  # peer receives every byte once.
-  def test_fiber_raise_during_writes_keeps_the_stream
+  # Fiber#raise while a writer's records are being sent, and the writer
+  # goes on as a caller of the socket BIO would: a #syswrite retried with
+  # the same bytes (libssl then finishes its pending record), or
+  # OpenSSL::Buffering#write, which keeps what #syswrite did not report in
+  # its buffer and sends it with the next write.  The peer receives every
+  # byte once.
+  def fiber_raise_during_writes(buffered)
     interrupt = Class.new(StandardError)
     size = 4 << 20
     raised = 0
@@ -326,15 +328,18 @@ class TestIOUringSSL < Test::Unit::TestCase
             data = pattern(off, [50000, size - off].min)
             begin
               writing = true
-              n = c.syswrite(data)
+              n = buffered ? c.write(data) : c.syswrite(data)
               writing = false
             rescue interrupt
               writing = false
               raised += 1
-              retry
+              # Buffering keeps the bytes: go on with the next ones
+              n = buffered ? data.bytesize : retry
             end
             off += n
           end
+          writing = false
+          c.flush if buffered
           done = true
           sleep 0.001 while reader.alive?
           assert_equal Digest::SHA256.hexdigest(pattern(0, size)), Digest::SHA256.hexdigest(got), "transport: #{transport}"
@@ -342,6 +347,14 @@ class TestIOUringSSL < Test::Unit::TestCase
       end
     end
     assert_operator raised, :>, 10
+  end
+
+  def test_fiber_raise_during_syswrites_keeps_the_stream
+    fiber_raise_during_writes(false)
+  end
+
+  def test_fiber_raise_during_buffered_writes_keeps_the_stream
+    fiber_raise_during_writes(true)
   end
 
   # Interrupted handshakes: Timeout while the client waits for the
