@@ -60,7 +60,7 @@ struct ossl_transport {
     char *rbuf;
     size_t rhead, rtail;
     size_t ask;                 /* what libssl last asked for, staged empty */
-    int filling;                /* a fill is in flight into rbuf + rtail */
+    int filling;                /* a fill is in flight into rbuf */
     unsigned long fill_gen;     /* fills done */
     int eof;                    /* the peer closed: reads answer 0 */
     int broken;                 /* a transfer ended without its count */
@@ -100,8 +100,8 @@ transport_free(void *ptr)
 {
     struct ossl_transport *t = ptr;
 
-    ruby_xfree(t->rbuf);
-    ruby_xfree(t->wbuf);
+    free(t->rbuf);
+    free(t->wbuf);
     ruby_xfree(t);
 }
 
@@ -161,7 +161,7 @@ bio_read(BIO *bio, char *out, int len)
         t->rhead += n;
         if (t->rhead == t->rtail && !t->filling) {
             /* drained: idle sockets keep no buffer */
-            ruby_xfree(t->rbuf);
+            free(t->rbuf);
             t->rbuf = NULL;
             t->rhead = t->rtail = 0;
         }
@@ -205,6 +205,7 @@ static int
 bio_write(BIO *bio, const char *in, int len)
 {
     struct ossl_transport *t = BIO_get_data(bio);
+    char *wbuf;
     size_t n;
 
     BIO_clear_retry_flags(bio);
@@ -244,7 +245,9 @@ bio_write(BIO *bio, const char *in, int len)
             return -1;
         }
         while (cap - t->wlen < n) cap *= 2;
-        t->wbuf = ruby_xrealloc(t->wbuf, cap);
+        /* plain realloc: NoMemoryError must not unwind through libssl */
+        if (!(wbuf = realloc(t->wbuf, cap))) return -1;
+        t->wbuf = wbuf;
         t->wcap = cap;
     }
     memcpy(t->wbuf + t->wlen, in, n);
@@ -499,7 +502,7 @@ fill_locked(VALUE ptr)
             t->fill_gen++;
             return Qnil;
         }
-        if (!t->rbuf) t->rbuf = ruby_xmalloc(TRANSPORT_BUFFER_SIZE);
+        if (!t->rbuf && !(t->rbuf = malloc(TRANSPORT_BUFFER_SIZE))) rb_memerror();
         t->rhead = t->rtail = 0;
         size = TRANSPORT_BUFFER_SIZE;
         if (!a->readahead && t->ask > 0 && t->ask < size) size = t->ask;
@@ -576,7 +579,7 @@ flush_locked(VALUE ptr)
         if (!NIL_P(exception)) rb_exc_raise(exception);
     }
     if (t->wlen == 0 && !t->flushing) {
-        ruby_xfree(t->wbuf);
+        free(t->wbuf);
         t->wbuf = NULL;
         t->wcap = 0;
     }
