@@ -262,16 +262,9 @@ class TestIOUringSSL < Test::Unit::TestCase
           end
         end
         got = +""
-        reader = Fiber.current
-        done = reading = false
-        Fiber.schedule do
-          until done
-            sleep 0
-            # Only inside #sysread, wherever it is suspended.  A fiber that
-            # calls Fiber#raise is not resumed again: one for each raise.
-            Fiber.schedule { reader.raise(interrupt) } if reading
-          end
-        end
+        reading = false
+        # only inside #sysread, wherever it is suspended
+        stop = interrupting(Fiber.current, interrupt) { reading }
         buf = String.new
         while got.bytesize < size
           begin
@@ -286,12 +279,26 @@ class TestIOUringSSL < Test::Unit::TestCase
             buf << "x"
           end
         end
-        done = true
+        stop.call
         sleep 0.001 while writer.alive?
         assert_equal Digest::SHA256.hexdigest(pattern(0, size)), Digest::SHA256.hexdigest(got)
       end
     end
     assert_operator raised, :>, 10
+  end
+
+  # Raises `exception` in `fiber` while the block says so, until the
+  # returned proc is called: a fiber for each raise (one that calls
+  # Fiber#raise is not resumed again).
+  def interrupting(fiber, exception, &active)
+    stop = false
+    Fiber.schedule do
+      until stop
+        sleep 0
+        Fiber.schedule { fiber.raise(exception) } if active.call
+      end
+    end
+    -> { stop = true }
   end
 
   # Fiber#raise while a writer's records are being sent, and the writer
@@ -315,14 +322,8 @@ class TestIOUringSSL < Test::Unit::TestCase
               sleep 0.0001 if rand < 0.05
             end
           end
-          writer = Fiber.current
-          done = writing = false
-          Fiber.schedule do
-            until done
-              sleep 0
-              Fiber.schedule { writer.raise(interrupt) } if writing
-            end
-          end
+          writing = false
+          stop = interrupting(Fiber.current, interrupt) { writing }
           off = 0
           while off < size
             data = pattern(off, [50000, size - off].min)
@@ -340,7 +341,7 @@ class TestIOUringSSL < Test::Unit::TestCase
           end
           writing = false
           c.flush if buffered
-          done = true
+          stop.call
           sleep 0.001 while reader.alive?
           assert_equal Digest::SHA256.hexdigest(pattern(0, size)), Digest::SHA256.hexdigest(got), "transport: #{transport}"
         end
