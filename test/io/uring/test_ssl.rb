@@ -665,6 +665,9 @@ class TestIOUringSSL < Test::Unit::TestCase
       IO.popen(["stdbuf", "-o0", "openssl", "s_server", "-accept", "127.0.0.1:#{port}", "-naccept", "1",
                 "-key", "#{dir}/key.pem", "-cert", "#{dir}/cert.pem", "-msg", *args],
                "r+", err: [:child, :out]) do |server|
+        # each command line in its own write: s_server takes a command only
+        # alone in its read of stdin
+        server.sync = true
         log = +""
         reader = Thread.new { loop { log << server.readpartial(65536) } rescue nil }
         begin
@@ -678,12 +681,12 @@ class TestIOUringSSL < Test::Unit::TestCase
             assert_equal "before\n", c.gets
             server.puts command
             # s_server takes a command only alone in its read of stdin
-            Timeout.timeout(10) { sleep 0.01 until log.match?(sent) }
+            Timeout.timeout(20) { sleep 0.01 until log.match?(sent) }
             server.puts "after"
             assert_equal "after\n", c.gets
-            yield log
+            yield log, c
             c.puts "from client"
-            Timeout.timeout(10) { sleep 0.01 until log.include?("from client") }
+            Timeout.timeout(20) { sleep 0.01 until log.include?("from client") }
           ensure
             sock&.close
           end
@@ -706,9 +709,17 @@ class TestIOUringSSL < Test::Unit::TestCase
 
   def test_renegotiation_mid_stream
     require 'tmpdir'
-    log = s_server_session(["-tls1_2"], "R", />>> .*HelloRequest/) do |server_log|
-      # the client's new ClientHello left during its read, before it wrote
-      Timeout.timeout(10) { sleep 0.01 until server_log.scan(/<<< .*ClientHello/).size >= 2 }
+    log = s_server_session(["-tls1_2"], "R", />>> .*HelloRequest/) do |server_log, c|
+      # The client's new ClientHello leaves during its reads, before it
+      # writes.  (When the HelloRequest and the data come in one read,
+      # libssl may start the renegotiation in the next call: a
+      # non-blocking read, which also drives the handshake on.)
+      Timeout.timeout(20) do
+        until server_log.scan(/<<< .*ClientHello/).size >= 2
+          assert_equal :wait_readable, c.read_nonblock(1, exception: false)
+          sleep 0.01
+        end
+      end
     end
     assert_match(/>>> .*HelloRequest.*<<< .*ClientHello.*from client/m, log)
   end
