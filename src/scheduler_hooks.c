@@ -27,7 +27,6 @@
 #include "internal/numeric.h"
 #include "internal/scheduler_hooks.h"
 #include "internal/thread.h"
-#include "vm_sync.h"
 
 static ID id_fiber_interrupt;
 static ID id_process_fork;
@@ -497,23 +496,20 @@ rb_fiber_scheduler_io_operation(VALUE io, VALUE (*function)(VALUE), VALUE argume
 
 /*
  * Transfers kept across interrupts (rb_fiber_scheduler_transfer_call):
- * one frame per call in progress, on the caller's stack, found by its
- * execution context.  Frames of several fibers (and, with Ractors, of
- * several threads) are live at once, so the list is searched, not
- * stacked; the innermost frame of a fiber comes first.
+ * the innermost call of a fiber is a frame on its stack, linked from its
+ * execution context (ec->transfer_frame), so it lives and dies with the
+ * fiber; a fiber abandoned inside a call leaves nothing behind.
  */
-struct transfer_frame {
-    struct transfer_frame *next;
-    const rb_execution_context_t *ec;
+struct rb_fiber_scheduler_transfer_frame {
+    struct rb_fiber_scheduler_transfer_frame *prev;
     VALUE exception;
 };
-
-static struct transfer_frame *transfer_frames;
 
 struct transfer_call {
     VALUE (*function)(VALUE);
     VALUE argument;
-    struct transfer_frame frame;
+    rb_execution_context_t *ec;
+    struct rb_fiber_scheduler_transfer_frame frame;
 };
 
 static VALUE
@@ -528,16 +524,8 @@ static VALUE
 transfer_call_leave(VALUE ptr)
 {
     struct transfer_call *call = (struct transfer_call *)ptr;
-    struct transfer_frame **p;
 
-    RB_VM_LOCK_ENTER();
-    for (p = &transfer_frames; *p; p = &(*p)->next) {
-        if (*p == &call->frame) {
-            *p = call->frame.next;
-            break;
-        }
-    }
-    RB_VM_LOCK_LEAVE();
+    call->ec->transfer_frame = call->frame.prev;
     return Qnil;
 }
 
@@ -545,13 +533,11 @@ transfer_call_leave(VALUE ptr)
 VALUE
 rb_fiber_scheduler_transfer_call(VALUE (*function)(VALUE), VALUE argument, VALUE *exception)
 {
-    struct transfer_call call = {function, argument, {NULL, GET_EC(), Qnil}};
+    rb_execution_context_t *ec = GET_EC();
+    struct transfer_call call = {function, argument, ec, {ec->transfer_frame, Qnil}};
     VALUE result;
 
-    RB_VM_LOCK_ENTER();
-    call.frame.next = transfer_frames;
-    transfer_frames = &call.frame;
-    RB_VM_LOCK_LEAVE();
+    ec->transfer_frame = &call.frame;
     result = rb_ensure(transfer_call_body, (VALUE)&call, transfer_call_leave, (VALUE)&call);
     *exception = call.frame.exception;
     RB_GC_GUARD(call.frame.exception);
@@ -562,23 +548,12 @@ rb_fiber_scheduler_transfer_call(VALUE (*function)(VALUE), VALUE argument, VALUE
 int
 rb_fiber_scheduler_transfer_interrupted(VALUE exception)
 {
-    const rb_execution_context_t *ec = GET_EC();
-    struct transfer_frame *frame;
-    int deferred = 0;
+    struct rb_fiber_scheduler_transfer_frame *frame = GET_EC()->transfer_frame;
 
-    if (!rb_obj_is_kind_of(exception, rb_eException)) return 0;
-    RB_VM_LOCK_ENTER();
-    for (frame = transfer_frames; frame; frame = frame->next) {
-        if (frame->ec == ec) {
-            if (NIL_P(frame->exception)) {
-                frame->exception = exception;
-                deferred = 1;
-            }
-            break;
-        }
-    }
-    RB_VM_LOCK_LEAVE();
-    return deferred;
+    if (!frame || !NIL_P(frame->exception) || !rb_obj_is_kind_of(exception, rb_eException))
+        return 0;
+    frame->exception = exception;
+    return 1;
 }
 
 /*
