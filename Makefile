@@ -5,6 +5,7 @@
 #   make test-all         CRuby's full test-all on the patched ruby
 #   make test-nouring     `make test` with io_uring disabled at runtime
 #   make test-nopidfd     the process tests with Process::Handle on pids
+#   make test-gdb         tools/gdb against live processes and core files
 #   make stock            unpatched ruby in build/stock/ruby, for comparisons
 #   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree)
 #   make CONFIGURE_ARGS=--without-liburing BUILD=build-nouring
@@ -38,7 +39,8 @@ STOCK := $(BUILD)/stock
 
 # `make test`: our tests, then the CRuby suites the series touches (our
 # test/fiber files run with the fiber suite they join).
-OUR_TESTS := $(addprefix $(TREE)/,$(shell find test -name "test_*.rb" -not -path "test/fiber/*" | LC_ALL=C sort))
+OUR_TESTS := $(addprefix $(TREE)/,$(shell find test -name "test_*.rb" -not -path "test/fiber/*" \
+	-not -path "test/gdb/*" | LC_ALL=C sort))
 TOUCHED_SUITES := fiber io ruby/test_io.rb ruby/test_io_buffer.rb ruby/test_io_m17n.rb \
 	ruby/test_io_timeout.rb ruby/test_process.rb ruby/test_thread.rb socket openssl
 TESTOPTS ?= -j$(JOBS)
@@ -49,7 +51,7 @@ CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
 	$(if $(filter --without-liburing --with-liburing-dir=%,$(CONFIGURE_ARGS)),,--with-liburing-dir=$(LIBURING)) \
 	$(CONFIGURE_ARGS)
 
-.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring test-nopidfd clean distclean
+.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring test-nopidfd test-gdb clean distclean
 
 all: ruby
 
@@ -132,6 +134,14 @@ PROCESS_TESTS := $(filter %process_handle.rb %status_for.rb,$(OUR_TESTS)) \
 test-nopidfd: ruby
 	RUBY_PROCESS_HANDLE_PIDFD=0 $(MAKE) -C $(OBJ) test-all \
 	    TESTS="$(PROCESS_TESTS)" TESTOPTS="$(TESTOPTS) $(EXCLUDE_OPTS)"
+
+# tools/gdb: gdb (installed here when missing, as root) attached to rubies
+# parked in known operations and reading their gcores.  Without gdb the
+# tests are skipped, saying so.
+test-gdb: ruby
+	-@$(TOP)/tools/deps.sh gdb
+	RUBY_GDB_TOOLS=$(TOP)/tools/gdb/ruby_uring.py $(MAKE) -C $(OBJ) test-all \
+	    TESTS="$(TREE)/test/gdb/test_gdb.rb" TESTOPTS="-v"
 
 clean:
 	rm -rf $(OBJ) $(PREFIX) $(STOCK)/obj $(STOCK)/ruby

@@ -171,8 +171,8 @@ op_interrupted_p(struct uring_scheduler *s, struct uring_op *op)
 
 /* Before a submission, over the entries queued since the last one (from
  * sq.sqe_head to sq.sqe_tail): record in each operation what it is (its
- * opcode and descriptor), for a debugger to read while it is in flight,
- * and disarm those of interrupted hooks. */
+ * opcode, descriptor and deadline), for a debugger to read while it is in
+ * flight, and disarm those of interrupted hooks. */
 void
 sq_note(struct uring_scheduler *s)
 {
@@ -191,6 +191,9 @@ sq_note(struct uring_scheduler *s)
         if (s->interrupted > 0 && op_interrupted_p(s, op)) sqe_disarm(sqe);
         op->opcode = sqe->opcode;
         op->fd = (sqe->flags & IOSQE_FIXED_FILE) ? -1 : sqe->fd;
+        if (sqe->opcode == IORING_OP_TIMEOUT && (sqe->timeout_flags & IORING_TIMEOUT_ABS)) {
+            op->deadline = (const struct __kernel_timespec *)(uintptr_t)sqe->addr;
+        }
     }
 }
 

@@ -128,6 +128,7 @@ hook_wait_until(struct uring_scheduler *s, struct io_hook *h, struct uring_op *o
         sqe = sqe_get(s);
         io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)deadline, IORING_TIMEOUT_ABS);
         io_uring_sqe_set_data(sqe, NULL);
+        op->deadline = deadline;
     }
     return hook_wait(s, h, op);
 }

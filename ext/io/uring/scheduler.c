@@ -33,6 +33,8 @@
 
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #define RING_ENTRIES 1024
 #define COMPLETION_ENTRIES 16384
@@ -167,6 +169,46 @@ io_uring_refused_by_env(void)
     return env && strcmp(env, "0") == 0;
 }
 
+/* RUBY_IO_URING_COREDUMP=1: core files include the rings, for a debugger
+ * (tools/gdb) to read their queues.  They are shared mappings of an
+ * anonymous inode, which the kernel dumps only with bit 3 of
+ * /proc/self/coredump_filter (file-backed shared mappings), off by default.
+ * Set once per process (the filter is inherited by children); a filter that
+ * cannot be changed is warned about, not fatal. */
+static void
+ring_coredump_include(void)
+{
+    static int done;
+    const char *env = getenv("RUBY_IO_URING_COREDUMP");
+    char text[32];
+    unsigned long filter;
+    ssize_t n;
+    int fd, e = 0;
+
+    if (done || !env || strcmp(env, "1") != 0) return;
+    done = 1;
+    fd = open("/proc/self/coredump_filter", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        e = errno;
+    }
+    else {
+        n = read(fd, text, sizeof(text) - 1);
+        if (n <= 0) {
+            e = n < 0 ? errno : EIO;
+        }
+        else {
+            text[n] = '\0';
+            filter = strtoul(text, NULL, 16);
+            if (!(filter & 0x8)) {
+                n = snprintf(text, sizeof(text), "0x%lx\n", filter | 0x8);
+                if (pwrite(fd, text, (size_t)n, 0) != n) e = errno;
+            }
+        }
+        close(fd);
+    }
+    if (e) rb_warn("RUBY_IO_URING_COREDUMP: /proc/self/coredump_filter: %s", strerror(e));
+}
+
 static void
 ring_setup(struct uring_scheduler *s)
 {
@@ -195,6 +237,7 @@ ring_setup(struct uring_scheduler *s)
     }
     if (ret < 0) rb_syserr_fail(-ret, "io_uring_queue_init_params");
     s->ring_live = 1;
+    ring_coredump_include();
 
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->wake_fd < 0) {

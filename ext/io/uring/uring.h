@@ -78,6 +78,9 @@ struct uring_op {
      * submitted (IORING_OP_*, and its descriptor or -1). */
     uint8_t opcode;
     int fd;
+    /* For a debugger: when a timeout expires (CLOCK_MONOTONIC, absolute),
+     * or the deadline of a timeout linked to the operation; NULL: none. */
+    const struct __kernel_timespec *deadline;
     /* Must run even when its fiber leaves (a close): not disarmed. */
     int keep;
     uint32_t cqe_flags;         /* the completion's flags (IORING_CQE_F_*) */
@@ -293,6 +296,7 @@ op_sqe(struct uring_scheduler *s, struct uring_op *op)
     op->inflight = 1;
     op->opcode = IORING_OP_NOP;     /* until sq_note() */
     op->fd = -1;
+    op->deadline = NULL;
     op->keep = 0;
     op->cqe_flags = 0;
     op->next = &s->inflight_ops;

@@ -42,6 +42,23 @@ class TestIOUringScheduler < Test::Unit::TestCase
     RUBY
   end
 
+  # RUBY_IO_URING_COREDUMP=1 adds bit 3 (file-backed shared mappings, which
+  # the rings are) to the process's coredump_filter when a ring is set up,
+  # keeping the other bits; without it the filter is left alone.
+  def test_ruby_io_uring_coredump
+    omit "no /proc/self/coredump_filter" unless File.exist?("/proc/self/coredump_filter")
+    code = <<~'RUBY'
+      require "io/uring"
+      File.write("/proc/self/coredump_filter", "0x31")
+      IO::Uring::Scheduler.new.close
+      IO::Uring::Scheduler.new.close
+      puts File.read("/proc/self/coredump_filter").to_i(16)
+    RUBY
+    assert_in_out_err([{"RUBY_IO_URING_COREDUMP" => "1"}, "-e", code], "", ["#{0x39}"], [])
+    assert_in_out_err([{"RUBY_IO_URING_COREDUMP" => "0"}, "-e", code], "", ["#{0x31}"], [])
+    assert_in_out_err(["-e", code], "", ["#{0x31}"], [])
+  end
+
   def test_io_wait_timeout
     result = :unset
     IO.pipe do |r, w|

@@ -1,0 +1,1 @@
+# Python package of tools/gdb/ruby_uring.py.
