@@ -49,7 +49,7 @@ class TestGdbHelpers < Test::Unit::TestCase
   end
 
   def gdb(*args, commands)
-    argv = ["gdb", "-nx", "-batch", "-ex", "source #{self.class.tools}"]
+    argv = ["gdb", "-nx", "-batch", "-ex", "set print thread-events off", "-ex", "source #{self.class.tools}"]
     commands.each { |c| argv.push("-ex", c) }
     out = nil
     Timeout.timeout(GDB_TIMEOUT) do
@@ -69,7 +69,7 @@ class TestGdbHelpers < Test::Unit::TestCase
   end
 
   COMMANDS = ["ruby threads -bt", "ruby fibers -bt", "uring ring", "uring ops", "uring state",
-              "ruby fd-users"].freeze
+              "ruby fd-users", "ruby bt", "ruby bt thread 2"].freeze
 
   def start_parked
     r, w = IO.pipe
@@ -159,6 +159,12 @@ class TestGdbHelpers < Test::Unit::TestCase
     assert_match(/^  blocked 1: 0x\h+$/, state, where)
     assert_equal(7, state.scan(/^    (io_read|io_wait|io_splice|read_pooled) fd=/).size, state)
 
+    # gdb's selected thread is the main thread's
+    assert_match(/\Afiber 0x\h+ RESUMED\n    \[C\] sleep .*\n    #{path}:#{m[:main]}:in '<main>'\n\z/,
+                 section(out, "ruby bt"), where)
+    assert_match(/\Afiber \(root, rb_fiber_t 0x\h+\) RESUMED\n    \[C\] read self=#<IO fd=#{info[:blocking]} 0x\h+>\n    #{path}:#{m[:blocking]}:in 'block in <main>'\n\z/,
+                 section(out, "ruby bt thread 2"), where)
+
     users = section(out, "ruby fd-users")
     %i[read splice_src splice_dst pidfd fixed timed timeout pooled].each do |k|
       assert_match(/^fd #{info[k]}: fiber 0x\h+ of thread \d+ in a scheduler hook$/, users, "#{where}: #{k}")
@@ -211,6 +217,12 @@ class TestGdbHelpers < Test::Unit::TestCase
     assert_fiber(b, /op POLL_ADD fd=#{info[:splice_src]} /, /^C: hook_poll at /, /^C: scheduler_io_splice at /)
     assert_fiber(b, /blocked \(#block\)/, /^C: scheduler_block at /)
     assert_fiber(b, /RESUMED/, /^C: running: the stack of LWP \d+/)
+    # One fiber by its VALUE, and by its rb_fiber_t.
+    fiber = b.keys.grep(/op READ fd=#{info[:read]} /).first[/fiber (0x\h+)/, 1]
+    out = gdb("-p", info[:pid].to_s, ["ruby bt -c #{fiber}", "ruby bt ((struct RTypedData *)#{fiber})->data"])
+    m = marks("parked.rb")
+    assert_equal(2, out.scan(/^fiber #{fiber} SUSPENDED\n    \[C\] io_read .*\n    \[C\] read .*\n    \S+parked\.rb:#{m[:read]}:in 'read_one'$/).size, out)
+    assert_match(/^    C: scheduler_io_read at /, out)
     # The thread's own frames are untouched afterwards.
     out = gdb("-p", info[:pid].to_s, ["ruby fibers -c", "bt 1"])
     assert_match(/^#0 /, out)
@@ -221,7 +233,7 @@ class TestGdbHelpers < Test::Unit::TestCase
     path = Regexp.escape(File.join(HERE, "closing.rb"))
     cmds = ["set breakpoint pending on", "break notify_fd_close_sleep", "run"] +
            with_sections(["ruby fd-users", "uring state", "ruby fibers -bt"]).map { |c| c.sub(/>>/, "1>>") } +
-           ["continue"] +
+           ["gcore #{@dir}/closing.core", "continue"] +
            with_sections(["ruby fd-users", "ruby threads -bt"]).map { |c| c.sub(/>>/, "2>>") } +
            ["continue"]
     out = gdb("--args", EnvUtil.rubybin, File.join(HERE, "closing.rb"), cmds)
@@ -235,6 +247,10 @@ class TestGdbHelpers < Test::Unit::TestCase
     closer, reader = users.scan(/fiber (0x\h+)/).flatten
     assert_match(/^    io_read fd=#{fiber_fd} fiber=#{reader} ops=\d interrupt=#<IOError 0x\h+>$/,
                  section(out, "uring state1"))
+    # The same from a core written there.
+    core = gdb(EnvUtil.rubybin, "#{@dir}/closing.core", with_sections(["ruby fd-users"]))
+    File.unlink("#{@dir}/closing.core")
+    assert_equal(users, section(core, "ruby fd-users"))
     b = fiber_blocks(section(out, "ruby fibers -bt1"))
     assert_fiber(b, /^  fiber #{closer} RESUMED/, /^\[C\] close self=#<IO fd=-1 /, /^#{path}:#{m[:fiber_closer]}:/)
     assert_fiber(b, /^  fiber #{reader} SUSPENDED: in hook io_read fd=#{fiber_fd} interrupted by #<IOError/,
