@@ -684,4 +684,42 @@ class TestFiberIOClose < Test::Unit::TestCase
       assert_predicate r, :closed?
     RUBY
   end
+  # A scheduler that never resumes the closer (its thread ends first): the
+  # close waits forever, and its fibers, whose stacks hold the wait list and
+  # its users' entries, stay alive rather than be freed under the list.
+  def test_abandoned_close_keeps_its_fibers
+    assert_separately([], <<~'RUBY', timeout: 60)
+      require "objspace"
+      class Forgetful
+        def io_wait(io, events, timeout) = Fiber.yield
+        def kernel_sleep(*) = Fiber.yield
+        def block(*) = Fiber.yield
+        def unblock(*) = nil
+        def fiber(&block) = Fiber.new(blocking: false, &block).tap(&:resume)
+        def fiber_interrupt(fiber, exception) = nil
+        def close = nil
+      end
+      r, w = IO.pipe
+      fibers = ObjectSpace::WeakMap.new
+      Thread.new do
+        Fiber.set_scheduler(Forgetful.new)
+        reader = Fiber.schedule { r.read(1) }
+        closer = Fiber.schedule { r.close }
+        fibers[:reader] = reader
+        fibers[:closer] = closer
+      end.join
+      4.times { GC.start(full_mark: true, immediate_sweep: true) }
+      GC.compact if GC.respond_to?(:compact)
+      assert_predicate fibers[:closer], :alive?
+      assert_predicate fibers[:reader], :alive?
+      # Closes with users still work.
+      a, b = IO.pipe
+      t = Thread.new { a.read(1) rescue $! }
+      Thread.pass until t.status == "sleep"
+      a.close
+      assert_kind_of IOError, t.value
+      w.close
+      b.close
+    RUBY
+  end
 end

@@ -36,7 +36,7 @@ blocking = Thread.new do
 end
 
 ready = Thread::Queue.new
-Thread.new do
+uring = Thread.new do
   Thread.current.name = "uring"
   Fiber.set_scheduler(s)
   buffer = IO::Buffer.new(4096)
@@ -55,7 +55,9 @@ Thread.new do
 end
 
 ready.pop
-Thread.pass until blocking.status == "sleep"
+# parked: the blocking read, and the scheduler's loop in io_uring_enter(2)
+# with every operation submitted
+Thread.pass until blocking.status == "sleep" && uring.status == "sleep"
 puts "ready pid=#{Process.pid} read=#{reader_r.fileno} splice_src=#{src_r.fileno} " \
      "splice_dst=#{dst_w.fileno} pidfd=#{handle.to_io.fileno} child=#{handle.pid} " \
      "fixed=#{fixed_r.fileno} timed=#{timed_r.fileno} timeout=#{timeout_r.fileno} " \

@@ -18,10 +18,15 @@ _here = os.path.dirname(os.path.abspath(os.path.expanduser(__file__)))
 if _here not in sys.path:
     sys.path.insert(0, _here)
 
-import rbgdb.values          # noqa: E402
-from rbgdb import commands   # noqa: E402
+from rbgdb import commands, uring, values   # noqa: E402
+
+
+def _forget(event):
+    values.reset()
+    uring.reset()
+
 
 if not getattr(gdb, "_ruby_uring_registered", False):
     commands.register()
-    gdb.events.new_objfile.connect(lambda event: rbgdb.values.reset())
+    gdb.events.new_objfile.connect(_forget)
     gdb._ruby_uring_registered = True

@@ -201,7 +201,8 @@ ring_coredump_include(void)
             filter = strtoul(text, NULL, 16);
             if (!(filter & 0x8)) {
                 n = snprintf(text, sizeof(text), "0x%lx\n", filter | 0x8);
-                if (pwrite(fd, text, (size_t)n, 0) != n) e = errno;
+                ssize_t w = pwrite(fd, text, (size_t)n, 0);
+                if (w != n) e = w < 0 ? errno : EIO;
             }
         }
         close(fd);
@@ -237,7 +238,6 @@ ring_setup(struct uring_scheduler *s)
     }
     if (ret < 0) rb_syserr_fail(-ret, "io_uring_queue_init_params");
     s->ring_live = 1;
-    ring_coredump_include();
 
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->wake_fd < 0) {
@@ -246,6 +246,7 @@ ring_setup(struct uring_scheduler *s)
         rb_syserr_fail(e, "eventfd");
     }
     s->generation = fork_generation;
+    ring_coredump_include();
 }
 
 /* The first thread to use the scheduler owns it; the fiber it runs in then

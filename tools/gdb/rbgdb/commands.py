@@ -22,12 +22,22 @@ def _args(arg, flags):
 
 
 def _reading(invoke):
-    """Report memory that cannot be read as a gdb error, not a traceback."""
+    """Run a command with calls into the process forbidden (an argument such
+    as `ruby bt rb_fiber_current()` must not run code either), reporting
+    what goes wrong as a gdb error, not a Python traceback."""
     def wrapper(self, arg, from_tty):
+        may_call = gdb.parameter("may-call-functions")
+        gdb.execute("set may-call-functions off", to_string=True)
         try:
             return invoke(self, arg, from_tty)
-        except (Unreadable, gdb.MemoryError) as e:
-            raise gdb.GdbError("cannot read the process's memory at %s" % e)
+        except Unreadable as e:
+            raise gdb.GdbError("%s: cannot read the process's memory at %s" % (self.name, e))
+        except gdb.GdbError:
+            raise
+        except (gdb.error, ValueError, KeyError) as e:    # gdb.MemoryError too
+            raise gdb.GdbError("%s: %s" % (self.name, e))
+        finally:
+            gdb.execute("set may-call-functions %s" % ("on" if may_call else "off"), to_string=True)
     wrapper.__doc__ = invoke.__doc__
     return wrapper
 
@@ -48,6 +58,8 @@ def _scheduler_text(t):
 def _c_stack_lines(f, indent):
     if f.status != "SUSPENDED":
         if f.status == "RESUMED" and f.thread is not None:
+            if not f.thread.tid:
+                return [indent + "C: running, its thread off any native thread (M:N)"]
             return [indent + "C: running: the stack of LWP %d (gdb: thread find %d, bt)"
                     % (f.thread.tid, f.thread.tid)]
         return [indent + "C: no stack (%s)" % f.status]
@@ -84,6 +96,7 @@ Usage: ruby threads [-bt]
 
     def __init__(self):
         super().__init__("ruby threads", gdb.COMMAND_DATA)
+        self.name = "ruby threads"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -118,6 +131,7 @@ Usage: ruby bt [-c] [thread N | FIBER]
 
     def __init__(self):
         super().__init__("ruby bt", gdb.COMMAND_STACK)
+        self.name = "ruby bt"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -131,7 +145,7 @@ Usage: ruby bt [-c] [thread N | FIBER]
                 raise gdb.GdbError("no Ruby thread here")
             f = vm.Fiber(t.current_fiber, t)
         elif words[0] == "thread":
-            n = int(words[1]) if len(words) > 1 else 0
+            n = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
             t = next((t for t in threads if t.number == n), None)
             if t is None or not t.ec:
                 raise gdb.GdbError("no Ruby thread %s (see `ruby threads`)" % n)
@@ -162,6 +176,7 @@ fiber is shown."""
 
     def __init__(self):
         super().__init__("ruby fibers", gdb.COMMAND_DATA)
+        self.name = "ruby fibers"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -181,6 +196,8 @@ fiber is shown."""
             if s is None:
                 _emit("%s: scheduler %s: fibers not enumerable (a Ruby-level scheduler)"
                       % (owner, _scheduler_text(t)))
+                if not t.ec:
+                    continue
                 f = vm.Fiber(t.current_fiber, t)
                 _fiber_block(f, "  %s %s: running (current fiber)" % (f.label(), f.status), opts)
                 continue
@@ -206,6 +223,7 @@ Usage: ruby fd-users [FD]"""
 
     def __init__(self):
         super().__init__("ruby fd-users", gdb.COMMAND_DATA)
+        self.name = "ruby fd-users"
 
     @staticmethod
     def _user_text(u):
@@ -268,6 +286,7 @@ Usage: uring ring [SCHEDULER]"""
 
     def __init__(self):
         super().__init__("uring ring", gdb.COMMAND_DATA)
+        self.name = "uring ring"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -298,6 +317,7 @@ Usage: uring ops [SCHEDULER]"""
 
     def __init__(self):
         super().__init__("uring ops", gdb.COMMAND_DATA)
+        self.name = "uring ops"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -321,6 +341,7 @@ Usage: uring state [SCHEDULER]"""
 
     def __init__(self):
         super().__init__("uring state", gdb.COMMAND_DATA)
+        self.name = "uring state"
 
     @_reading
     def invoke(self, arg, from_tty):

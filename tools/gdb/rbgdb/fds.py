@@ -14,8 +14,9 @@ def _user(addr, threads):
            "kind": "thread" if fiber == const("RUBY_Qnil") else "hook",
            "fiber": fiber if fiber != const("RUBY_Qnil") else 0,
            "interrupted": int(w["interrupted"]) if has_field("struct waiting_fd", "interrupted") else 0}
-    if rec["kind"] == "thread" and thread is not None and thread.ec:
-        rec["fiber"] = vm.Fiber(thread.current_fiber).value
+    if rec["kind"] == "thread" and int(w["ec"]):
+        # the fiber that waits (root fibers often have no object: 0)
+        rec["fiber"] = vm.Fiber(int(ptr(int(w["ec"]), "rb_execution_context_t")["fiber_ptr"])).value
     return rec
 
 

@@ -92,7 +92,7 @@ def c_stack(stack_pointer, limit=40):
         # the thread's own innermost frames, up to the one answered for
         while frame is not None and (_unwinder.level is None or frame.level() <= _unwinder.level):
             frame = frame.older()
-        while frame is not None and len(out) < limit:
+        while frame is not None and len(out) < limit and frame.pc() != 0:
             name = frame.name() or "??"
             sal = frame.find_sal()
             where = "%s:%d" % (sal.symtab.filename, sal.line) if sal.symtab else "0x%x" % frame.pc()

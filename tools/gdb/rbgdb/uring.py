@@ -22,20 +22,44 @@ SETUP_FLAGS = (
     "NO_SQARRAY", "HYBRID_IOPOLL",
 )
 
-_opnames = None
+_opnames = {}
+
+
+def reset():
+    _opnames.clear()
 
 
 def opcode_name(op):
     """IORING_OP_* name of an opcode, from the debug info's enum."""
-    global _opnames
-    if _opnames is None:
-        _opnames = {}
+    if not _opnames:
         try:
             for f in gdb.lookup_type("enum io_uring_op").fields():
                 _opnames[f.enumval] = f.name.replace("IORING_OP_", "")
         except gdb.error:
             pass
     return _opnames.get(op, str(op))
+
+
+LIST_LIMIT = 1 << 20
+
+
+def _walk(head, first, next_of):
+    """Addresses on one of the scheduler's circular lists (not the head)."""
+    out, seen = [], set()
+    node = first
+    while node != head:
+        if not node or node in seen or len(out) >= LIST_LIMIT:
+            raise Unreadable("list at 0x%x (torn)" % head)
+        seen.add(node)
+        out.append(node)
+        node = next_of(node)
+    return out
+
+
+def _count(n, capa=None):
+    if n < 0 or n > LIST_LIMIT or (capa is not None and n > capa):
+        raise Unreadable("a count of %d (inconsistent)" % n)
+    return n
 
 
 def flag_names(flags):
@@ -100,8 +124,11 @@ class Scheduler:
                        cq_head=u32(int(cq["khead"])), cq_tail=u32(int(cq["ktail"])),
                        cq_overflow=u32(int(cq["koverflow"])))
         except Unreadable:
-            out["missing"] = ("ring memory not in this core (set bit 3 of "
-                              "/proc/PID/coredump_filter before dumping)")
+            if live():
+                out["missing"] = "ring memory unreadable in this process (/proc/PID/mem)"
+            else:
+                out["missing"] = ("ring memory not in this core (set bit 3 of "
+                                  "/proc/PID/coredump_filter before dumping)")
         return out
 
     def queued_sqe(self, op_addr):
@@ -126,33 +153,35 @@ class Scheduler:
     def hooks(self):
         out = []
         head = int(self.s["hooks"].address)
-        h = int(self.s["hooks"]["next"])
-        while h != head and h and len(out) < 100000:
+        for h in _walk(head, int(self.s["hooks"]["next"]),
+                       lambda a: int(ptr(a, "struct io_hook")["next"])):
             ho = ptr(h, "struct io_hook")
             name = ho["name"]
             out.append({"addr": h, "fiber": int(ho["fiber"]),
                         "name": name.string() if int(name) else "?",
                         "fd": int(ho["fd"]), "interrupt": int(ho["interrupt"]),
-                        "op": int(ho["op"]), "nops": int(ho["nops"])})
-            h = int(ho["next"])
+                        "op": int(ho["op"]), "nops": _count(int(ho["nops"]))})
         return out
 
     def ops(self):
         """Operations in flight, oldest first, each with what it belongs to."""
-        hooks = self.hooks()
         op_size = T("struct uring_op").sizeof
+        owner = {}
+        for h in self.hooks():
+            for i in range(h["nops"]):
+                owner[h["op"] + i * op_size] = h
         wake = int(self.s["wake_op"].address)
         head = int(self.s["inflight_ops"].address)
+        has_deadline = "deadline" in [f.name for f in T("struct uring_op").fields()]
         out = []
-        o = int(self.s["inflight_ops"]["next"])
-        while o != head and o and len(out) < 100000:
+        for o in _walk(head, int(self.s["inflight_ops"]["next"]),
+                       lambda a: int(ptr(a, "struct uring_op")["next"])):
             op = ptr(o, "struct uring_op")
             rec = {"addr": o, "fiber": int(op["fiber"]), "opcode": int(op["opcode"]),
                    "fd": int(op["fd"]), "keep": int(op["keep"]),
                    "complete": function_name(int(op["complete"])),
-                   "deadline": int(op["deadline"]) if "deadline" in
-                   [f.name for f in op.type.target().fields()] else 0,
-                   "state": "submitted", "hook": None}
+                   "deadline": int(op["deadline"]) if has_deadline else 0,
+                   "state": "submitted", "hook": owner.get(o)}
             if rec["opcode"] == 0 and rec["fd"] == -1:
                 q = self.queued_sqe(o)
                 if q is not None:
@@ -160,13 +189,9 @@ class Scheduler:
                     rec["state"] = "queued"
             if o == wake:
                 rec["role"] = "wake-up (eventfd)"
-            for h in hooks:
-                if h["nops"] and h["op"] <= o < h["op"] + h["nops"] * op_size:
-                    rec["hook"] = h
             if rec["complete"] == "op_complete_quietly":
                 rec["state"] = "cancelled"
             out.append(rec)
-            o = int(op["next"])
         return out
 
     # --- queues and tables --------------------------------------------------
@@ -180,11 +205,12 @@ class Scheduler:
         return out
 
     def ready(self):
-        return self._entries("ready", int(self.s["ready_head"]), int(self.s["ready_len"]),
-                             int(self.s["ready_capa"]))
+        capa = _count(int(self.s["ready_capa"]))
+        return self._entries("ready", int(self.s["ready_head"]),
+                             _count(int(self.s["ready_len"]), capa), capa)
 
     def held(self):
-        return self._entries("held", 0, int(self.s["held_len"]), 0)
+        return self._entries("held", 0, _count(int(self.s["held_len"]), int(self.s["held_capa"])), 0)
 
     def _table(self, name):
         tab = self.s[name]
@@ -192,7 +218,7 @@ class Scheduler:
             return []
         out = []
         deleted = 2 ** 64 - 1
-        for i in range(int(tab["entries_start"]), int(tab["entries_bound"])):
+        for i in range(int(tab["entries_start"]), _count(int(tab["entries_bound"]))):
             e = tab["entries"][i]
             if int(e["hash"]) == deleted:
                 continue
@@ -213,7 +239,7 @@ class Scheduler:
 
     def pipes(self):
         out = []
-        for i in range(int(self.s["npipes"])):
+        for i in range(_count(int(self.s["npipes"]), int(self.s["pipes_capa"]))):
             p = self.s["pipes"][i]
             out.append({"r": int(p["fds"][0]), "w": int(p["fds"][1]),
                         "capacity": int(p["capacity"]), "busy": int(p["busy"])})
@@ -223,7 +249,7 @@ class Scheduler:
         out = []
         if not int(self.s["fixed"]):
             return out
-        for i in range(int(self.s["fixed_high"])):
+        for i in range(_count(int(self.s["fixed_high"]), 1 << 16)):
             b = self.s["fixed"][i]
             if int(b["buffer"]):
                 out.append({"slot": i, "buffer": int(b["buffer"]), "base": int(b["base"]),

@@ -12,10 +12,12 @@ THREAD_STATUS = ("runnable", "stopped", "stopped_forever", "killed")
 def ccan_list(head_addr, node_offset, limit=100000):
     """Addresses of the containers on a ccan list whose head is at head_addr."""
     out = []
+    seen = set()
     node = u64(head_addr)                   # head.n.next
     while node != head_addr:
-        if len(out) >= limit or node == 0:
-            raise Unreadable("list at 0x%x" % head_addr)
+        if len(out) >= limit or node == 0 or node in seen:
+            raise Unreadable("list at 0x%x (torn)" % head_addr)
+        seen.add(node)
         out.append(node - node_offset)
         node = u64(node)
     return out
@@ -99,13 +101,30 @@ def thread_of_lwp(lwp):
 # --- fibers -----------------------------------------------------------------
 
 def fiber_ptr(v):
-    """The rb_fiber_t of a Fiber VALUE, or of an rb_fiber_t address."""
-    d = typed_data(v) if not special_p(v) else None
-    if d is not None:
-        if d[0] != "fiber":
-            return None
+    """The rb_fiber_t of a Fiber VALUE, or an rb_fiber_t address; None for
+    anything else (another object, a freed slot, a stray pointer)."""
+    if special_p(v):
+        return None
+    try:
+        d = typed_data(v)
+    except Unreadable:
+        d = None
+    if d is not None and d[0] == "fiber":
         return d[1]
-    return v
+    # An rb_fiber_t: its object points back to it, or it is a root fiber
+    # Ruby never made an object for (then it is some thread's).
+    f = ptr(v, "struct rb_fiber_struct")
+    if int(f["cont"]["type"]) != const("FIBER_CONTEXT"):
+        return None
+    self_ = int(f["cont"]["self"])
+    if self_ == 0:
+        return v if any(t.ec and t.current_fiber == v or int(t.th["root_fiber"]) == v
+                        for t in threads()) else None
+    try:
+        d = typed_data(self_)
+    except Unreadable:
+        return None
+    return v if d is not None and d[0] == "fiber" and d[1] == v else None
 
 
 class Fiber:
