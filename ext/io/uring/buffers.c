@@ -27,13 +27,19 @@
 #define FIXED_MAX_SIZE ((size_t)1 << 30)    /* the kernel's limit per buffer */
 
 static void
+buffer_type_check(VALUE buffer)
+{
+    if (!rb_obj_is_kind_of(buffer, rb_cIOBuffer)) {
+        rb_raise(rb_eTypeError, "wrong argument type %"PRIsVALUE" (expected IO::Buffer)", rb_obj_class(buffer));
+    }
+}
+
+static void
 fixed_check(VALUE buffer, void **base, size_t *size)
 {
     enum rb_io_buffer_flags flags;
 
-    if (!rb_obj_is_kind_of(buffer, rb_cIOBuffer)) {
-        rb_raise(rb_eTypeError, "wrong argument type %"PRIsVALUE" (expected IO::Buffer)", rb_obj_class(buffer));
-    }
+    buffer_type_check(buffer);
     flags = rb_io_buffer_get_bytes(buffer, base, size);
     if (!*base || *size == 0) rb_raise(rb_eArgError, "cannot register a null buffer");
     if (flags & RB_IO_BUFFER_READONLY) rb_raise(rb_eArgError, "cannot register a read-only buffer");
@@ -140,6 +146,7 @@ scheduler_io_buffer_unregister(VALUE self, VALUE buffer)
     struct uring_scheduler *s = scheduler_get(self);
     int slot;
 
+    buffer_type_check(buffer);
     if (!s->fixed || (slot = fixed_find(s, buffer)) < 0) return Qfalse;
     fixed_drop(s, slot, 1);
     return Qtrue;

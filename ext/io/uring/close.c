@@ -83,6 +83,10 @@ scheduler_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception)
     struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
     struct io_hook *h;
 
+    /* raised later by the fiber's hook: refused now, as Fiber#raise would */
+    if (!rb_respond_to(exception, rb_intern("exception"))) {
+        rb_raise(rb_eTypeError, "exception class/object expected");
+    }
     if (s->closed || !s->ring_live) return Qnil;
     if (s->generation != fork_generation) {
         scheduler_after_fork(s);    /* the parent's fibers are not ours */

@@ -130,7 +130,20 @@ io_buffer_span(struct io_args *a)
         base = (void *)cbase;
     }
     a->base = base;
-    if (a->offset > a->size) rb_raise(rb_eArgError, "offset exceeds buffer size");
+    /* IO::Buffer#read and #write's checks, with their messages */
+    if (a->offset > a->size || a->length > a->size - a->offset) {
+        rb_raise(rb_eArgError, "Specified offset+length is bigger than the buffer size!");
+    }
+}
+
+/* A length or offset of a hook's arguments: IO::Buffer's checks. */
+static size_t
+io_size_arg(VALUE value, const char *what)
+{
+    long n = NUM2LONG(value);
+
+    if (n < 0) rb_raise(rb_eArgError, "%s can't be negative!", what);
+    return (size_t)n;
 }
 
 static size_t
@@ -272,9 +285,11 @@ io_operation(VALUE self, enum io_direction dir, VALUE io, VALUE buffer,
     a.dir = dir;
     a.fd = rb_io_descriptor(io);
     a.b.buffer = buffer;
-    a.length = NUM2SIZET(length);
-    a.offset = NUM2SIZET(offset);
+    a.length = io_size_arg(length, "Length");
+    a.offset = io_size_arg(offset, "Offset");
     a.from = NIL_P(from) ? -1 : NUM2OFFT(from);
+    /* pread(2)'s answer; an IORING_OP_READ would take -1 for the position */
+    if (!NIL_P(from) && a.from < 0) return rb_fiber_scheduler_io_result(-1, EINVAL);
     a.socket = a.from < 0 && io_socket_p(io);
     a.total = 0;
     a.nofixed = 0;

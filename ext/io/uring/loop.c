@@ -447,12 +447,7 @@ run_once(struct uring_scheduler *s)
     }
 }
 
-/*
- *  call-seq: run -> nil
- *
- *  Runs the event loop until no fiber is ready, waiting or blocked.
- *  Called by #close (at the end of the thread that set the scheduler).
- */
+/* The loop until no fiber is ready, waiting or blocked (#close). */
 VALUE
 scheduler_run(VALUE self)
 {
@@ -462,6 +457,26 @@ scheduler_run(VALUE self)
         run_once(s);
     }
     return Qnil;
+}
+
+/*
+ *  call-seq: run -> nil
+ *
+ *  Runs the event loop until no fiber is ready, waiting or blocked.
+ *  Called by #close (at the end of the thread that set the scheduler).
+ *  Only the loop fiber (the fiber that first used the scheduler, normally
+ *  its thread's root fiber) may run it: a fiber of the scheduler's would
+ *  wait for itself, so it gets a RuntimeError.
+ */
+VALUE
+scheduler_run_m(VALUE self)
+{
+    struct uring_scheduler *s = scheduler_get(self);
+
+    if (rb_fiber_current() != s->loop_fiber) {
+        rb_raise(rb_eRuntimeError, "IO::Uring::Scheduler#run called from a fiber other than its loop fiber");
+    }
+    return scheduler_run(self);
 }
 
 /*

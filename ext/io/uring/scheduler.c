@@ -359,7 +359,7 @@ Init_uring(void)
     cScheduler = rb_define_class_under(mUring, "Scheduler", rb_cObject);
     rb_define_alloc_func(cScheduler, scheduler_alloc);
     rb_define_method(cScheduler, "initialize", scheduler_initialize, 0);
-    rb_define_method(cScheduler, "run", scheduler_run, 0);
+    rb_define_method(cScheduler, "run", scheduler_run_m, 0);
     rb_define_method(cScheduler, "close", scheduler_close, 0);
     rb_define_method(cScheduler, "scheduler_close", scheduler_close, 0);
     rb_define_method(cScheduler, "closed?", scheduler_closed_p, 0);

@@ -113,15 +113,17 @@ block_until(struct uring_scheduler *s, VALUE timeout)
     memset(&w, 0, sizeof(w));
     w.s = s;
     w.fiber = rb_fiber_current();
+    /* What may raise (a bad timeout, a broken ring) comes before the fiber
+     * is in `blocked`: an entry left there would keep the loop running. */
+    if (!NIL_P(timeout)) w.deadline = deadline_clamped(timeout);
     if (st_delete(s->woken, (st_data_t *)&w.fiber, NULL)) {
         return Qtrue;           /* unblocked already: see scheduler_unblock */
     }
-    st_insert(s->blocked, (st_data_t)w.fiber, (st_data_t)&w);
     if (!NIL_P(timeout)) {
-        w.deadline = deadline_clamped(timeout);
         w.timer.complete = block_timer_complete;
         io_uring_prep_timeout(op_sqe(s, &w.timer), &w.deadline, 0, IORING_TIMEOUT_ABS);
     }
+    st_insert(s->blocked, (st_data_t)w.fiber, (st_data_t)&w);
     return rb_ensure(block_yield, (VALUE)&w, block_ensure, (VALUE)&w);
 }
 
@@ -256,6 +258,11 @@ scheduler_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message)
 
     memset(&t, 0, sizeof(t));
     t.s = scheduler_get(self);
+    /* raised in the fiber later, from the loop: checked now, as Fiber#raise
+     * would (in the loop, it would end the scheduler) */
+    if (!rb_respond_to(klass, rb_intern("exception"))) {
+        rb_raise(rb_eTypeError, "exception class/object expected");
+    }
     t.fiber = rb_fiber_current();
     t.klass = klass;
     t.message = message;

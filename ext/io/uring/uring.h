@@ -211,6 +211,7 @@ void wake_ubf(void *ptr);
 void wait_completions(struct uring_scheduler *s, int interruptible);
 void suspend(struct uring_scheduler *s);
 VALUE scheduler_run(VALUE self);
+VALUE scheduler_run_m(VALUE self);
 VALUE scheduler_close(VALUE self);
 VALUE scheduler_closed_p(VALUE self);
 VALUE scheduler_fiber(int argc, VALUE *argv, VALUE self);

@@ -1,0 +1,224 @@
+# frozen_string_literal: false
+require 'test/unit'
+require_relative 'uring_test_helper'
+
+# Faults injected into a child process: io_uring refused after start-up (a
+# seccomp filter), locked-memory limits, no descriptor left for splice's
+# pipes, a peer that resets in the middle of a copy.  Each gets a clear
+# error or the path stock takes, with every byte and descriptor accounted.
+class TestIOUringFaults < Test::Unit::TestCase
+  include IOUringTestHelper
+
+  # A seccomp filter refusing system calls with an errno, installed with
+  # prctl(2) through Fiddle (x86-64 numbers; the filter allows everything
+  # on another architecture, which the tests check first).
+  SECCOMP = <<~'RUBY'
+    require "fiddle"
+    module Seccomp
+      PRCTL = Fiddle::Function.new(Fiddle.dlopen(nil)["prctl"],
+                                   [Fiddle::TYPE_INT, Fiddle::TYPE_LONG, Fiddle::TYPE_VOIDP,
+                                    Fiddle::TYPE_LONG, Fiddle::TYPE_LONG], Fiddle::TYPE_INT)
+      IO_URING_SETUP = 425
+      IO_URING_ENTER = 426
+
+      def self.insn(code, jt, jf, k) = [code, jt, jf, k].pack("vCCV")
+
+      def self.refuse(numbers, errno)
+        allow = insn(0x06, 0, 0, 0x7fff0000)                # RET ALLOW
+        prog = insn(0x20, 0, 0, 4) +                        # LD arch
+               insn(0x15, 1, 0, 0xC000003E) + allow +       # x86-64, or allow
+               insn(0x20, 0, 0, 0)                          # LD nr
+        numbers.each do |nr|
+          prog << insn(0x15, 0, 1, nr) << insn(0x06, 0, 0, 0x00050000 + errno)
+        end
+        prog << allow
+        fprog = [prog.bytesize / 8, Fiddle::Pointer[prog].to_i].pack("S!x6Q")
+        raise "PR_SET_NO_NEW_PRIVS failed" unless PRCTL.call(38, 1, nil, 0, 0) == 0
+        raise "PR_SET_SECCOMP failed" unless PRCTL.call(22, 2, Fiddle::Pointer[fprog], 0, 0) == 0
+      end
+    end
+    def fds = Dir.children("/proc/self/fd").size
+  RUBY
+
+  def setup
+    super
+    omit "x86-64 system call numbers" unless RUBY_PLATFORM.start_with?("x86_64-linux")
+  end
+
+  def test_io_uring_setup_refused_mid_run
+    assert_separately([], SECCOMP + <<~'RUBY', timeout: 60)
+      require "io/uring"
+      running = IO::Uring::Scheduler.new
+      r, w = IO.pipe
+      Seccomp.refuse([Seccomp::IO_URING_SETUP], Errno::EPERM::Errno)
+      before = fds
+      3.times do
+        assert_raise_with_message(Errno::EPERM, /io_uring_queue_init_params/) { IO::Uring::Scheduler.new }
+      end
+      assert_equal before, fds
+      # the ring made before goes on
+      result = nil
+      Thread.new do
+        Fiber.set_scheduler(running)
+        Fiber.schedule { result = r.read(5) }
+        Fiber.schedule { w.write("hello") }
+      end.join(10) or flunk "hung"
+      assert_equal "hello", result
+    RUBY
+  end
+
+  # A ring that loses io_uring_enter(2) cannot wait any more: its thread
+  # ends with the error (its waiting fibers with it), it does not hang.
+  def test_io_uring_enter_refused_mid_run
+    assert_separately([], SECCOMP + <<~'RUBY', timeout: 60)
+      require "io/uring"
+      scheduler = IO::Uring::Scheduler.new
+      r, _w = IO.pipe
+      Seccomp.refuse([Seccomp::IO_URING_ENTER], Errno::EPERM::Errno)
+      thread = Thread.new do
+        Thread.current.report_on_exception = false
+        Fiber.set_scheduler(scheduler)
+        Fiber.schedule { r.read(1) }
+      end
+      error = assert_raise(Errno::EPERM) { thread.join(10) or flunk "hung" }
+      assert_match(/io_uring_enter/, error.message)
+      refute_predicate thread, :alive?
+    RUBY
+  end
+
+  # Unprivileged, with a small RLIMIT_MEMLOCK: a ring that does not fit is
+  # ENOMEM at IO::Uring::Scheduler.new; a buffer that does not fit is not
+  # registered (false, counted as a refusal) and reads into it work.
+  def test_locked_memory_limits
+    omit "needs root to become another user" unless Process.uid == 0
+    assert_separately([], <<~'RUBY', timeout: 60)
+      require "io/uring"
+      Warning[:experimental] = false
+      def as_nobody(memlock)
+        pid = fork do
+          Process.setrlimit(:MEMLOCK, memlock)
+          Process::Sys.setgid(65534)
+          Process::Sys.setuid(65534)
+          yield
+          exit!(0)
+        rescue Exception => e
+          $stderr.puts e.full_message
+          exit!(1)
+        end
+        Process.wait(pid)
+        assert_predicate $?, :success?
+      end
+      as_nobody(0) do
+        e = assert_raise(Errno::ENOMEM) { IO::Uring::Scheduler.new }
+        raise "unexpected: #{e.message}" unless e.message.include?("io_uring_queue_init_params")
+      end
+      as_nobody(1 << 20) do
+        scheduler = IO::Uring::Scheduler.new
+        r, w = IO.pipe
+        Thread.new do
+          Fiber.set_scheduler(scheduler)
+          Fiber.schedule do
+            buffer = IO::Buffer.new(4 << 20)
+            raise "registered" unless scheduler.io_buffer_register(buffer) == false
+            stats = scheduler.io_buffer_stats
+            raise stats.inspect unless stats[:refusals] == 1 && stats[:registered] == 0
+            w.write("abc")
+            raise "read" unless buffer.read(r, 3) == 3 && buffer.get_string(0, 3) == "abc"
+          end
+        end.join
+      end
+    RUBY
+  end
+
+  # No descriptor left for the pipes of a splice: IO.copy_stream between
+  # sockets still copies everything, with a scheduler and without, and
+  # leaves no descriptor behind.
+  def test_no_descriptor_for_splice_pipes
+    assert_separately([], <<~'RUBY', timeout: 60)
+      require "io/uring"
+      require "socket"
+      require "digest"
+      data = Random.new(42).bytes(4 << 20)
+      [false, true].each do |scheduled|
+        a1, a2 = UNIXSocket.pair
+        b1, b2 = UNIXSocket.pair
+        base = Dir.children("/proc/self/fd").size - 1
+        scheduler = IO::Uring::Scheduler.new if scheduled   # closed with its thread
+        writer = Thread.new { a1.write(data) }
+        received = +""
+        reader = Thread.new { received << b2.read }
+        # no descriptor can be opened: the lowest free number is the limit
+        lowest_free = (0..).find { |fd| !File.exist?("/proc/self/fd/#{fd}") }
+        limit = Process.getrlimit(:NOFILE)
+        copied = nil
+        begin
+          Process.setrlimit(:NOFILE, lowest_free, limit[1])
+          assert_raise(Errno::EMFILE) { IO.pipe }
+          Thread.new do
+            work = -> { copied = IO.copy_stream(a2, b1, data.bytesize) }
+            if scheduled
+              Fiber.set_scheduler(scheduler)
+              Fiber.schedule(&work)
+            else
+              work.call
+            end
+          end.join(30) or flunk "hung"
+        ensure
+          Process.setrlimit(:NOFILE, *limit)
+        end
+        assert_equal base, Dir.children("/proc/self/fd").size - 1, "descriptors (scheduled: #{scheduled})"
+        b1.close
+        writer.join
+        reader.join
+        assert_equal data.bytesize, copied
+        assert_equal Digest::SHA256.hexdigest(data), Digest::SHA256.hexdigest(received)
+        [a1, a2, b2].each(&:close)
+      end
+    RUBY
+  end
+
+  # The source's peer resets the connection in the middle of a copy: the
+  # same exception as without a scheduler, and no descriptor left.
+  def test_peer_reset_mid_copy
+    assert_separately([], <<~'RUBY', timeout: 60)
+      require "io/uring"
+      require "socket"
+      def reset_copy(scheduled)
+        server = TCPServer.new("127.0.0.1", 0)
+        peer = TCPSocket.new("127.0.0.1", server.addr[1])
+        source = server.accept
+        sink_r, sink_w = IO.pipe
+        drain = Thread.new { sink_r.read }
+        peer.write("x" * 100_000)
+        error = nil
+        thread = Thread.new do
+          work = -> do
+            IO.copy_stream(source, sink_w)
+          rescue => e
+            error = e
+          end
+          if scheduled
+            Fiber.set_scheduler(IO::Uring::Scheduler.new)
+            Fiber.schedule(&work)
+          else
+            work.call
+          end
+        end
+        sleep 0.2
+        # unread data in the peer's queue and SO_LINGER 0: an RST
+        source_peer_unread = peer
+        source_peer_unread.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
+        source_peer_unread.close
+        thread.join(10) or flunk "hung"
+        sink_w.close
+        drain.join
+        [source, sink_r, server].each(&:close)
+        error&.class
+      end
+      before = Dir.children("/proc/self/fd").size
+      stock = reset_copy(false)
+      assert_equal stock, reset_copy(true)
+      assert_equal before, Dir.children("/proc/self/fd").size
+    RUBY
+  end
+end
