@@ -6,6 +6,8 @@
 #   make test-nouring     `make test` with io_uring disabled at runtime
 #   make test-nopidfd     the process tests with Process::Handle on pids
 #   make test-gdb         tools/gdb against live processes and core files
+#   make test-asan        `make test` on a ruby built with AddressSanitizer
+#   make stress           randomized stress (STRESS_SECONDS=, SEED=)
 #   make stock            unpatched ruby in build/stock/ruby, for comparisons
 #   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree)
 #   make CONFIGURE_ARGS=--without-liburing BUILD=build-nouring
@@ -51,7 +53,7 @@ CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
 	$(if $(filter --without-liburing --with-liburing-dir=%,$(CONFIGURE_ARGS)),,--with-liburing-dir=$(LIBURING)) \
 	$(CONFIGURE_ARGS)
 
-.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring test-nopidfd test-gdb clean distclean
+.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring test-nopidfd test-gdb test-asan stress clean distclean
 
 all: ruby
 
@@ -142,6 +144,27 @@ test-gdb: ruby
 	-@$(TOP)/tools/deps.sh gdb
 	RUBY_GDB_TOOLS=$(TOP)/tools/gdb/ruby_uring.py $(MAKE) -C $(OBJ) test-all \
 	    TESTS="$(TREE)/test/gdb/test_gdb.rb" TESTOPTS="-v"
+
+# AddressSanitizer (GCC's; CRuby's own ASan support: poisoned heap slots,
+# fiber stacks switched with __sanitizer_start_switch_fiber) in its own
+# build tree.  -DUSE_MN_THREADS=0: M:N threads' thread-local variables do
+# not work under ASan (Bug #20243, CRuby's doc/contributing/building_ruby.md).
+# detect_leaks=0: ruby does not free its heap at exit (RUBY_FREE_AT_EXIT
+# would), so LeakSanitizer would report every process; leaks of
+# descriptors and buffers are what the tests count themselves.
+ASAN_BUILD ?= $(TOP)/build-asan
+ASAN_CFLAGS := -fsanitize=address -fno-omit-frame-pointer -DUSE_MN_THREADS=0
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0
+test-asan:
+	$(ASAN_ENV) $(MAKE) BUILD=$(ASAN_BUILD) \
+	    CONFIGURE_ARGS='cflags="$(ASAN_CFLAGS)" optflags=-O1 LDFLAGS=-fsanitize=address' \
+	    RUBY_TEST_TIMEOUT_SCALE=5 test
+
+# tools/stress.rb on the patched ruby: STRESS_SECONDS (default 300), SEED
+# (default random; printed, and the same seed draws the same operations).
+STRESS_SECONDS ?= 300
+stress: ruby
+	$(PREFIX)/bin/ruby $(TOP)/tools/stress.rb --seconds $(STRESS_SECONDS) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(OBJ) $(PREFIX) $(STOCK)/obj $(STOCK)/ruby
