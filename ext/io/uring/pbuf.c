@@ -117,6 +117,7 @@ pool_setup(struct uring_scheduler *s, unsigned int count, unsigned int size)
         ruby_xfree(p);
         rb_syserr_fail(-err, "io_uring_setup_buf_ring");
     }
+    URING_ASAN_UNPOISON(p->br, (size_t)count * sizeof(struct io_uring_buf));
     p->consumed = ZALLOC_N(unsigned int, count);
     p->pending = ZALLOC_N(unsigned int, count);
     p->done = ZALLOC_N(unsigned char, count);

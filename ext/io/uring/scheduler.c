@@ -238,6 +238,10 @@ ring_setup(struct uring_scheduler *s)
     }
     if (ret < 0) rb_syserr_fail(-ret, "io_uring_queue_init_params");
     s->ring_live = 1;
+    URING_ASAN_UNPOISON(s->ring.sq.ring_ptr, s->ring.sq.ring_sz);
+    URING_ASAN_UNPOISON(s->ring.cq.ring_ptr, s->ring.cq.ring_sz);
+    URING_ASAN_UNPOISON(s->ring.sq.sqes, (size_t)s->ring.sq.ring_entries *
+                        ((s->ring.flags & IORING_SETUP_SQE128) ? 128 : 64));
 
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->wake_fd < 0) {

@@ -59,6 +59,7 @@ deadline_clamped(VALUE duration)
 struct block_wait {
     struct uring_scheduler *s;
     VALUE fiber;
+    int timed;                  /* with a timer until `deadline` */
     int unblocked;
     int timed_out;
     struct uring_op timer;
@@ -82,6 +83,10 @@ block_yield(VALUE ptr)
 {
     struct block_wait *w = (struct block_wait *)ptr;
 
+    if (w->timed) {
+        w->timer.complete = block_timer_complete;
+        io_uring_prep_timeout(op_sqe(w->s, &w->timer), &w->deadline, 0, IORING_TIMEOUT_ABS);
+    }
     while (!w->unblocked && !w->timed_out) {
         suspend(w->s);
     }
@@ -113,15 +118,15 @@ block_until(struct uring_scheduler *s, VALUE timeout)
     memset(&w, 0, sizeof(w));
     w.s = s;
     w.fiber = rb_fiber_current();
-    /* What may raise (a bad timeout, a broken ring) comes before the fiber
-     * is in `blocked`: an entry left there would keep the loop running. */
-    if (!NIL_P(timeout)) w.deadline = deadline_clamped(timeout);
+    /* A bad timeout raises before the fiber is in `blocked` (an entry left
+     * there would keep the loop running); the timer is queued under
+     * block_ensure, which takes both back. */
+    if (!NIL_P(timeout)) {
+        w.deadline = deadline_clamped(timeout);
+        w.timed = 1;
+    }
     if (st_delete(s->woken, (st_data_t *)&w.fiber, NULL)) {
         return Qtrue;           /* unblocked already: see scheduler_unblock */
-    }
-    if (!NIL_P(timeout)) {
-        w.timer.complete = block_timer_complete;
-        io_uring_prep_timeout(op_sqe(s, &w.timer), &w.deadline, 0, IORING_TIMEOUT_ABS);
     }
     st_insert(s->blocked, (st_data_t)w.fiber, (st_data_t)&w);
     return rb_ensure(block_yield, (VALUE)&w, block_ensure, (VALUE)&w);

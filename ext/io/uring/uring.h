@@ -184,6 +184,24 @@ struct uring_scheduler {
     long long inline_since;     /* and when the first of them was made (ns) */
 };
 
+/* Memory liburing maps with raw system calls (the rings, a provided-buffer
+ * ring) is not seen by AddressSanitizer's mmap interceptor: the address
+ * range keeps whatever shadow it had, and CRuby poisons GC heap pages it
+ * later unmaps, so a ring mapped there would read as poisoned.  Under ASan,
+ * each such mapping is unpoisoned once mapped. */
+#if defined(__SANITIZE_ADDRESS__)
+# include <sanitizer/asan_interface.h>
+# define URING_ASAN_UNPOISON(ptr, size) __asan_unpoison_memory_region((ptr), (size))
+#elif defined(__has_feature)
+# if __has_feature(address_sanitizer)
+#  include <sanitizer/asan_interface.h>
+#  define URING_ASAN_UNPOISON(ptr, size) __asan_unpoison_memory_region((ptr), (size))
+# endif
+#endif
+#ifndef URING_ASAN_UNPOISON
+# define URING_ASAN_UNPOISON(ptr, size) ((void)(ptr), (void)(size))
+#endif
+
 #pragma GCC visibility push(hidden)
 
 /* scheduler.c */
