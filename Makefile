@@ -89,11 +89,11 @@ tree: | deps $(ORIGIN_DEP)
 
 configure: tree $(if $(findstring $(LIBURING),$(CONFIGURE_FLAGS)),liburing)
 	@mkdir -p $(OBJ)
-	@if [ ! -f $(OBJ)/Makefile ] || [ "$$(cat $(OBJ)/.configure-flags 2>/dev/null)" != "$(CONFIGURE_FLAGS)" ]; then \
-	    echo "configure $(CONFIGURE_FLAGS)"; \
+	@if [ ! -f $(OBJ)/Makefile ] || [ "$$(cat $(OBJ)/.configure-flags 2>/dev/null)" != '$(CONFIGURE_FLAGS)' ]; then \
+	    echo 'configure $(CONFIGURE_FLAGS)'; \
 	    (cd $(OBJ) && $(TREE)/configure $(CONFIGURE_FLAGS) > configure.log) || \
 	        { tail -n 30 $(OBJ)/configure.log; exit 1; }; \
-	    echo "$(CONFIGURE_FLAGS)" > $(OBJ)/.configure-flags; \
+	    echo '$(CONFIGURE_FLAGS)' > $(OBJ)/.configure-flags; \
 	fi
 
 # HAVE_BASERUBY=no: `make install` must not try to download bundled gems.
