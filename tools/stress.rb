@@ -58,8 +58,6 @@ class Task
     end
     @runner = scheduled ? Fiber.schedule(&body) : Thread.new(&body)
   end
-  attr_reader :runner
-
   def value
     kind, value = @queue.pop
     raise value if kind == :error

@@ -78,6 +78,14 @@ def _fiber_block(f, head, opts, indent="    "):
             _emit(line)
 
 
+class _Command(gdb.Command):
+    """A command that knows its name (for its error messages)."""
+
+    def __init__(self, name, category):
+        super().__init__(name, category)
+        self.name = name
+
+
 class RubyPrefix(gdb.Command):
     """Ruby's threads, fibers, backtraces and descriptor users, from memory.
 
@@ -88,7 +96,7 @@ They never call into the process: they work on a live ruby and on a core."""
         super().__init__("ruby", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
 
 
-class RubyThreads(gdb.Command):
+class RubyThreads(_Command):
     """Every Ruby thread: its native thread, current fiber and Fiber.scheduler.
 
 Usage: ruby threads [-bt]
@@ -96,7 +104,6 @@ Usage: ruby threads [-bt]
 
     def __init__(self):
         super().__init__("ruby threads", gdb.COMMAND_DATA)
-        self.name = "ruby threads"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -120,7 +127,7 @@ Usage: ruby threads [-bt]
                 _emit("%s <unreadable %s>" % (t.label(), e))
 
 
-class RubyBt(gdb.Command):
+class RubyBt(_Command):
     """A Ruby backtrace with current line numbers.
 
 Usage: ruby bt [-c] [thread N | FIBER]
@@ -131,7 +138,6 @@ Usage: ruby bt [-c] [thread N | FIBER]
 
     def __init__(self):
         super().__init__("ruby bt", gdb.COMMAND_STACK)
-        self.name = "ruby bt"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -160,7 +166,7 @@ Usage: ruby bt [-c] [thread N | FIBER]
         _fiber_block(f, "%s %s" % (f.label(), f.status), {"-bt": True, "-c": opts["-c"]})
 
 
-class RubyFibers(gdb.Command):
+class RubyFibers(_Command):
     """Every fiber of each scheduler, found through the scheduler's own
 structures, with what it waits for.
 
@@ -176,7 +182,6 @@ fiber is shown."""
 
     def __init__(self):
         super().__init__("ruby fibers", gdb.COMMAND_DATA)
-        self.name = "ruby fibers"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -215,7 +220,7 @@ fiber is shown."""
                 _fiber_block(f, "  %s %s: %s" % (f.label(), f.status, "; ".join(what)), opts)
 
 
-class RubyFdUsers(gdb.Command):
+class RubyFdUsers(_Command):
     """Threads and fibers using descriptors, and IO#close calls waiting
 for them (the series' closing state).
 
@@ -223,7 +228,6 @@ Usage: ruby fd-users [FD]"""
 
     def __init__(self):
         super().__init__("ruby fd-users", gdb.COMMAND_DATA)
-        self.name = "ruby fd-users"
 
     @staticmethod
     def _user_text(u):
@@ -278,7 +282,7 @@ def _each(rest):
         yield owner, s
 
 
-class UringRing(gdb.Command):
+class UringRing(_Command):
     """The ring of each IO::Uring::Scheduler: descriptor, setup flags, the
 submission and completion queues' heads, tails and overflow.
 
@@ -286,7 +290,6 @@ Usage: uring ring [SCHEDULER]"""
 
     def __init__(self):
         super().__init__("uring ring", gdb.COMMAND_DATA)
-        self.name = "uring ring"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -309,7 +312,7 @@ Usage: uring ring [SCHEDULER]"""
                 _emit("  (DEFER_TASKRUN: completions reach the queue when the thread enters the kernel)")
 
 
-class UringOps(gdb.Command):
+class UringOps(_Command):
     """Each operation in flight: opcode, descriptor, deadline, the waiting
 fiber and the hook it serves.
 
@@ -317,7 +320,6 @@ Usage: uring ops [SCHEDULER]"""
 
     def __init__(self):
         super().__init__("uring ops", gdb.COMMAND_DATA)
-        self.name = "uring ops"
 
     @_reading
     def invoke(self, arg, from_tty):
@@ -332,7 +334,7 @@ Usage: uring ops [SCHEDULER]"""
                 _emit("  op 0x%x fiber=0x%x %s" % (op["addr"], op["fiber"], uring.describe_op(op)))
 
 
-class UringState(gdb.Command):
+class UringState(_Command):
     """The rest of an IO::Uring::Scheduler: loop fiber, run queue, held
 raises, blocked fibers, fibers in hooks, the splice pipe pool, registered
 buffers and the provided-buffer pool.
@@ -341,7 +343,6 @@ Usage: uring state [SCHEDULER]"""
 
     def __init__(self):
         super().__init__("uring state", gdb.COMMAND_DATA)
-        self.name = "uring state"
 
     @_reading
     def invoke(self, arg, from_tty):

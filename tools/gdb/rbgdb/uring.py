@@ -163,11 +163,12 @@ class Scheduler:
                         "op": int(ho["op"]), "nops": _count(int(ho["nops"]))})
         return out
 
-    def ops(self):
-        """Operations in flight, oldest first, each with what it belongs to."""
+    def ops(self, hooks=None):
+        """Operations in flight, oldest first, each with what it belongs to
+        (`hooks`: self.hooks(), when the caller has them already)."""
         op_size = T("struct uring_op").sizeof
         owner = {}
-        for h in self.hooks():
+        for h in self.hooks() if hooks is None else hooks:
             for i in range(h["nops"]):
                 owner[h["op"] + i * op_size] = h
         wake = int(self.s["wake_op"].address)
@@ -289,13 +290,14 @@ class Scheduler:
         if int(self.s["loop_fiber"]) != const("RUBY_Qnil"):
             add(int(self.s["loop_fiber"]), "event loop (#run)")
         shown = set()
-        for op in self.ops():
+        hooks = self.hooks()
+        for op in self.ops(hooks):
             if op.get("role"):
                 continue
             add(op["fiber"], describe_op(op))
             if op["hook"]:
                 shown.add(op["hook"]["addr"])
-        for h in self.hooks():
+        for h in hooks:
             interrupted = h["interrupt"] != const("RUBY_Qnil")
             if h["addr"] in shown and not interrupted:
                 continue
