@@ -86,7 +86,7 @@ class Worker
   KINDS = %i[copy copy copy close_race interrupt interrupt fork process registered].freeze
   ENDPOINTS = %i[pipe file unix tcp].freeze
 
-  attr_reader :id, :scheduled, :counts, :bytes, :lost, :doing, :since, :thread, :plan, :failures
+  attr_reader :id, :scheduled, :counts, :bytes, :lost, :interrupted_closes, :doing, :since, :thread, :plan, :failures
 
   def initialize(id, seed, scheduled, dir, verbose, only = nil)
     @id, @scheduled, @dir, @verbose = id, scheduled, dir, verbose
@@ -95,6 +95,7 @@ class Worker
     @counts = Hash.new(0)
     @bytes = 0
     @lost = 0
+    @interrupted_closes = 0
     @plan = Digest::SHA256.new
     @failures = []
     @doing = "starting"
@@ -277,15 +278,14 @@ class Worker
       end
     rescue Interrupted, Errno::EPIPE, IOError
     ensure
-      out.close
+      close_all(out)
     end
     splicer = if target == :splice
                 task do
                   loop { break if guarded.call(:splice) { IO.copy_stream(mid_r, w, 65536) } == 0 }
                 rescue Interrupted, Errno::EPIPE, IOError
                 ensure
-                  mid_r.close
-                  w.close
+                  close_all(mid_r, w)
                 end
               end
     reader = task do
@@ -298,7 +298,7 @@ class Worker
       end
     rescue EOFError, Interrupted, IOError
     ensure
-      r.close
+      close_all(r)
     end
     victim = {read: reader, wait: reader, write: writer, splice: splicer}[target]
     if how == :raise
@@ -316,6 +316,19 @@ class Worker
     @bytes += got
   ensure
     [r, w, mid_r, mid_w].each { |io| io&.close unless io&.closed? }
+  end
+
+  # Closes every IO of an interrupted task.  Under a scheduler IO#close is
+  # a suspension point: an interrupt arriving there is raised from IO#close
+  # once the descriptor is closed (as stock ruby raises a Thread#raise
+  # pending during close(2)), and would skip the closes after it.
+  def close_all(*ios)
+    ios.each do |io|
+      io.close
+    rescue Interrupted
+      @interrupted_closes += 1
+      check io.closed?, "IO#close raised by an interrupt left the IO open"
+    end
   end
 
   # `received` is `stream` with pieces left out (what interrupts cut), in
@@ -475,6 +488,7 @@ Dir.mktmpdir("stress") do |dir|
   plan = Digest::SHA256.hexdigest(workers.map { |w| w.plan.hexdigest }.join)
   puts "stress: seed=#{seed} %.1fs ops=#{counts.values.sum} #{counts.sort.map { |k, v| "#{k}=#{v}" }.join(" ")} " \
        "bytes checked=#{workers.sum(&:bytes)} lost to interrupted reads/splices=#{workers.sum(&:lost)} " \
+       "closes interrupted=#{workers.sum(&:interrupted_closes)} " \
        "fds #{fds_before}->#{fds_after} plan=#{plan[0, 12]} failures=#{failures.size}" % elapsed
   failures.each { |f| puts "  #{f}" }
   exit(failures.empty? ? 0 : 1)

@@ -239,4 +239,33 @@ class TestIOUringIOClose < Test::Unit::TestCase
   ensure
     holder&.close
   end
+  class Interrupted < StandardError; end
+
+  # Fiber#raise reaching a fiber while its IO#close waits for
+  # IORING_OP_CLOSE: the close completes, then the exception propagates
+  # from IO#close, as a Thread#raise pending during close(2) does in stock
+  # ruby.  The IO is closed and its descriptor released; an ensure that
+  # closes several IOs in a row must expect the exception there.
+  def test_fiber_raise_during_close
+    r, w = IO.pipe
+    fd = r.fileno
+    error = in_close = nil
+    run_scheduler do |scheduler|
+      closer = Fiber.schedule do
+        in_close = true
+        r.close
+        in_close = false
+      rescue Interrupted => error
+      end
+      assert_equal true, in_close, "the closer waits for its CQE"
+      Fiber.schedule { closer.raise(Interrupted) }
+    end
+    assert_kind_of Interrupted, error
+    assert_equal true, in_close, "raised from IO#close"
+    assert_predicate r, :closed?
+    assert_raise(Errno::EBADF) { IO.for_fd(fd, autoclose: false) }
+    assert_no_reader(w)
+  ensure
+    w&.close
+  end
 end
