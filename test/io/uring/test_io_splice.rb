@@ -448,6 +448,35 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     end
   end
 
+  # The append copy falls back to copy_stream's own loop, which
+  # #blocking_operation_wait runs on a worker.  The source pipe is empty and
+  # the scheduler's thread is busy in another fiber when the worker finds
+  # it so: the worker waits itself (patch 0016; it called this scheduler's
+  # #io_wait from the worker before, and copy_stream raised ThreadError).
+  def test_append_destination_copy_waits_on_its_worker
+    data = Random.bytes(200_000)
+    path = File.join(@dir, "append")
+    dst = File.open(path, "ab")
+    r, w = IO.pipe
+    result = nil
+    run_scheduler(10) do
+      Fiber.schedule do
+        result = IO.copy_stream(r, dst)
+      rescue => result
+      end
+      Fiber.schedule do
+        busy_until = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 0.3
+        nil while Process.clock_gettime(Process::CLOCK_MONOTONIC) < busy_until
+        w.write(data)
+        w.close
+      end
+    end
+    assert_equal data.bytesize, result
+    assert_equal sha(data), sha(File.binread(path))
+  ensure
+    [dst, r, w].each { |io| io&.close }
+  end
+
   # 4. ---------------------------------------------------------------
 
   def broken_pipe_cases(cases)
