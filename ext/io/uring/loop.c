@@ -479,13 +479,6 @@ scheduler_run_m(VALUE self)
     return scheduler_run(self);
 }
 
-/*
- *  call-seq: close -> nil
- *
- *  Runs the event loop to completion, then releases the ring.  Using the
- *  scheduler afterwards raises RuntimeError.  Also called as
- *  #scheduler_close by Fiber.set_scheduler and at thread exit.
- */
 /* The loop ended in an exception (Thread#kill of the scheduler's thread,
  * a signal) with operations in flight: cancel them all and wait for the
  * kernel to let go, now that their fibers are still alive; and let go of
@@ -515,20 +508,68 @@ scheduler_cancel_all(VALUE self)
     return Qnil;
 }
 
+static VALUE
+scheduler_release(VALUE self)
+{
+    struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
+
+    if (s->closed) return Qnil;
+    s->closed = 1;
+    fixed_release(s, s->generation == fork_generation);
+    pbuf_release(s);
+    ring_release(s);
+    return Qnil;
+}
+
+static VALUE
+scheduler_close_workers(VALUE self)
+{
+    return rb_funcall(self, rb_intern("close_workers"), 0);
+}
+
+/* After the loop, however it ended: the kernel lets go first, then the
+ * workers, the buffers and the ring are released.  An exception out of
+ * the loop (Thread#kill while the thread's end runs it) used to skip them,
+ * leaving the ring's descriptors, the pipe pool and the worker threads to
+ * the GC. */
+static VALUE
+scheduler_close_rest(VALUE self)
+{
+    scheduler_cancel_all(self);
+    return rb_ensure(scheduler_close_workers, self, scheduler_release, self);
+}
+
+/*
+ *  call-seq: close -> nil
+ *
+ *  Runs the event loop to completion, then releases the ring, its
+ *  buffers and its worker threads, also when the loop ends in an exception
+ *  (Thread#kill).  Using the scheduler afterwards raises RuntimeError.
+ *  Also called as #scheduler_close by Fiber.set_scheduler and at thread
+ *  exit.  Only the scheduler's thread may close it (ThreadError), or any
+ *  thread once that thread has ended.
+ */
 VALUE
 scheduler_close(VALUE self)
 {
     struct uring_scheduler *s = rb_check_typeddata(self, &scheduler_type);
 
     if (s->closed) return Qnil;
-    if (!NIL_P(s->thread) || s->generation != fork_generation) {
-        rb_ensure(scheduler_run, self, scheduler_cancel_all, self);
+    if (!NIL_P(s->thread) && s->thread != rb_thread_current() &&
+        s->generation == fork_generation &&
+        !RTEST(rb_funcall(s->thread, rb_intern("alive?"), 0))) {
+        /* its thread has ended: no one can run the loop any more */
+        scheduler_close_rest(self);
+        return Qnil;
     }
-    rb_funcall(self, rb_intern("close_workers"), 0);
-    s->closed = 1;
-    fixed_release(s, s->generation == fork_generation);
-    pbuf_release(s);
-    ring_release(s);
+    if (!NIL_P(s->thread) || s->generation != fork_generation) {
+        /* from another thread: ThreadError, and nothing is released */
+        scheduler_get(self);
+        rb_ensure(scheduler_run, self, scheduler_close_rest, self);
+    }
+    else {
+        scheduler_close_rest(self);
+    }
     return Qnil;
 }
 

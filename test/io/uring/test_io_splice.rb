@@ -817,7 +817,7 @@ class TestIOUringIOSplice < Test::Unit::TestCase
 
   def test_thread_kill
     after = nil
-    outcome, _ = blocked_copy do |thread, _, (r, w, dr, dw)|
+    outcome, scheduler = blocked_copy do |thread, _, (r, w, dr, dw)|
       thread.kill
       assert_same(thread, thread.join(10), "the killed thread did not end")
       GC.start
@@ -829,6 +829,9 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     end
     assert_nil(outcome, "the copy went on")
     assert_equal("after", after, "the source lost bytes after Thread#kill")
+    # the kill reached the thread's end running the loop: the ring, its
+    # pipes and workers are released all the same, not left to the GC
+    assert_predicate(scheduler, :closed?)
   end
 
   # 8. ---------------------------------------------------------------

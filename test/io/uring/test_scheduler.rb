@@ -372,6 +372,10 @@ class TestIOUringScheduler < Test::Unit::TestCase
     Thread.new { scheduler.run }.join # the first user owns it
     e = assert_raise(ThreadError) { scheduler.kernel_sleep(0) }
     assert_match(/another thread/, e.message)
+    # its thread has ended: any thread may close it (the ring is released
+    # now, not by the GC)
+    assert_nil scheduler.close
+    assert_predicate scheduler, :closed?
   ensure
     scheduler&.close rescue nil
   end
