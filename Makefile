@@ -152,6 +152,7 @@ test-gdb: ruby
 # detect_leaks=0: ruby does not free its heap at exit (RUBY_FREE_AT_EXIT
 # would), so LeakSanitizer would report every process; leaks of
 # descriptors and buffers are what the tests count themselves.
+# test/.excludes-asan: two tests that fail only under ASan (see the files).
 # tools/asan/munmap.h with --wrap=munmap: GCC's runtime keeps the poison of
 # unmapped ranges, which CRuby 3.4's GC leaves on the heap pages it unmaps
 # (see the file).
@@ -162,7 +163,7 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_
 test-asan:
 	$(ASAN_ENV) $(MAKE) BUILD=$(ASAN_BUILD) \
 	    CONFIGURE_ARGS='cflags="$(ASAN_CFLAGS)" optflags=-O1 LDFLAGS="-fsanitize=address -Wl,--wrap=munmap"' \
-	    RUBY_TEST_TIMEOUT_SCALE=5 test
+	    RUBY_TEST_TIMEOUT_SCALE=5 EXCLUDE_OPTS='-X $$(TREE)/test/.excludes-root -X $$(TREE)/test/.excludes-asan' test
 
 # tools/stress.rb on the patched ruby: STRESS_SECONDS (default 300), SEED
 # (default random; printed, and the same seed draws the same operations).

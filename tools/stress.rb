@@ -4,7 +4,8 @@
 # writes, splices and waits, forks with operations in flight,
 # Process::Handle, registered buffers.
 #
-#   ruby tools/stress.rb [--seconds N | --ops N] [--seed S] [--workers N] [-v]
+#   ruby tools/stress.rb [--seconds N | --ops N] [--seed S] [--workers N]
+#                        [--only KINDS] [--scheduler both|uring|none] [-v]
 #   make stress [STRESS_SECONDS=N] [SEED=S]
 #
 # Every byte is checked (sha256 of what arrived against what was sent; for
@@ -37,6 +38,9 @@ OptionParser.new do |o|
   o.on("--stall N", Float, "seconds without progress before the watchdog fires") { |v| options[:stall] = v }
   o.on("--only KINDS", "comma-separated operations (copy,close_race,interrupt,fork,process,registered)") do |v|
     options[:only] = v.split(",").map(&:to_sym)
+  end
+  o.on("--scheduler KIND", %w[both uring none], "workers under IO::Uring::Scheduler, without a scheduler, or both (alternating)") do |v|
+    options[:scheduler] = v
   end
   o.on("-v", "--verbose") { options[:verbose] = true }
 end.parse!
@@ -449,10 +453,12 @@ started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 deadline = started + options[:seconds]
 puts "stress: seed=#{seed} workers=#{options[:workers]} " +
      (options[:ops] ? "ops=#{options[:ops]} per worker" : "seconds=#{options[:seconds]}") +
-     " io_uring=#{URING} pid=#{Process.pid}"
+     " io_uring=#{URING} mn_threads=#{ENV["RUBY_MN_THREADS"] == "1"} pid=#{Process.pid}"
 
 Dir.mktmpdir("stress") do |dir|
-  workers = Array.new(options[:workers]) { |i| Worker.new(i, seed, URING && i.even?, dir, options[:verbose], options[:only]) }
+  scheduled = {"both" => :even?.to_proc, "uring" => ->(_) { true }, "none" => ->(_) { false }}.fetch(options[:scheduler] || "both")
+  abort "stress: --scheduler uring: no IO::Uring::Scheduler here" if options[:scheduler] == "uring" && !URING
+  workers = Array.new(options[:workers]) { |i| Worker.new(i, seed, URING && scheduled.(i), dir, options[:verbose], options[:only]) }
   workers.each { |w| w.start(deadline, options[:ops]) }
   # The watchdog: a worker without progress for options[:stall] seconds.
   until workers.all? { |w| !w.thread.alive? }
@@ -462,6 +468,9 @@ Dir.mktmpdir("stress") do |dir|
     puts "STUCK #{stuck.label} for #{options[:stall]}s in: #{stuck.doing}"
     puts "  thread backtrace:", *(stuck.thread.backtrace || []).map { "    #{_1}" }
     puts "  worker fiber backtrace:", *(stuck.fiber.backtrace || []).map { "    #{_1}" } if stuck.fiber&.alive?
+    (Thread.list - [Thread.current] - workers.map(&:thread)).each do |t|
+      puts "  thread #{t.inspect}:", *(t.backtrace || []).first(8).map { "    #{_1}" }
+    end
     ObjectSpace.each_object(Fiber).select(&:alive?).each do |f|
       bt = f.backtrace rescue nil
       puts "  fiber #{f.inspect}:", *(bt || ["(no backtrace)"]).first(8).map { "    #{_1}" } if bt&.any?
