@@ -177,6 +177,91 @@ class TestIOUringFaults < Test::Unit::TestCase
     RUBY
   end
 
+  # The pipe-user-pages quota (fs.pipe-user-pages-soft/-hard) of an
+  # unprivileged user: past the soft limit new pipes hold 8 KiB and
+  # F_SETPIPE_SZ is EPERM, so splices go through small pipes; past the hard
+  # limit pipe(2) is ENFILE, and the copy takes the stock path.  Each copy
+  # (between sockets, with a scheduler and without) delivers every byte and
+  # leaves no descriptor.  The limits are global: the child runs as a uid
+  # no other test uses (the accounting is per user), and the limits are
+  # restored at once.
+  def test_pipe_user_pages_quota
+    omit "needs root to set the quota and become another user" unless Process.uid == 0
+    assert_separately([], <<~'RUBY', timeout: 90)
+      require "io/uring"
+      require "socket"
+      require "digest"
+      $stderr.sync = true
+      Warning[:experimental] = false
+      SOFT = "/proc/sys/fs/pipe-user-pages-soft"
+      HARD = "/proc/sys/fs/pipe-user-pages-hard"
+      class CountingScheduler < IO::Uring::Scheduler
+        attr_reader :splices
+        def io_splice(*args)
+          result = super
+          (@splices ||= []) << result
+          result
+        end
+      end
+      def copy(scheduled, data)
+        a1, a2 = UNIXSocket.pair
+        b1, b2 = UNIXSocket.pair
+        base = Dir.children("/proc/self/fd").size
+        writer = Thread.new { a1.write(data); a1.close }
+        received = +""
+        reader = Thread.new { received << b2.read }
+        copied = scheduler = nil
+        Thread.new do
+          work = -> { copied = IO.copy_stream(a2, b1, data.bytesize) }
+          if scheduled
+            Fiber.set_scheduler(scheduler = CountingScheduler.new)
+            Fiber.schedule(&work)
+          else
+            work.call
+          end
+        end.join(30) or raise "hung (scheduled: #{scheduled})"
+        b1.close
+        [writer, reader].each(&:join)
+        raise "copied #{copied}" unless copied == data.bytesize
+        raise "bytes differ" unless Digest::SHA256.digest(received) == Digest::SHA256.digest(data)
+        [a2, b2].each(&:close)
+        raise "descriptors" unless Dir.children("/proc/self/fd").size == base - 4
+        scheduler&.splices
+      end
+      soft, hard = File.read(SOFT), File.read(HARD)
+      begin
+        File.write(SOFT, "32")   # two pipes of 64 KiB
+        File.write(HARD, "64")
+        pid = fork do
+          Process::Sys.setgid(40123)
+          Process::Sys.setuid(40123)
+          data = Random.new(7).bytes(4 << 20)
+          held = [IO.pipe, IO.pipe]                 # the soft limit
+          r, w = IO.pipe
+          raise "pipe size #{r.fcntl(1032)}" unless r.fcntl(1032) == 8192
+          held << [r, w]
+          splices = copy(true, data)
+          raise "io_splice: #{splices.inspect}" unless splices&.first.is_a?(Integer) && splices.first > 0
+          copy(false, data)
+          loop { held << IO.pipe }                  # the hard limit
+        rescue Errno::ENFILE
+          splices = copy(true, data)
+          raise "io_splice: #{splices.inspect}" unless splices == [nil]   # declined
+          copy(false, data)
+          exit!(0)
+        rescue Exception => e
+          $stderr.puts e.full_message
+          exit!(1)
+        end
+        Process.wait(pid)
+      ensure
+        File.write(SOFT, soft)
+        File.write(HARD, hard)
+      end
+      assert_predicate $?, :success?
+    RUBY
+  end
+
   # The source's peer resets the connection in the middle of a copy: the
   # same exception as without a scheduler, and no descriptor left.
   def test_peer_reset_mid_copy
