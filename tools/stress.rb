@@ -331,7 +331,11 @@ class Worker
       io.close
     rescue Interrupted
       @interrupted_closes += 1
-      check io.closed?, "IO#close raised by an interrupt left the IO open"
+      # recorded, not raised: the task's own value is not checked
+      unless io.closed?
+        @failures << "#{label}: #{@doing}: IO#close raised by an interrupt left the IO open"
+        puts "FAIL #{@failures.last}"
+      end
     end
   end
 
