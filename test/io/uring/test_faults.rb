@@ -228,11 +228,14 @@ class TestIOUringFaults < Test::Unit::TestCase
         raise "descriptors" unless Dir.children("/proc/self/fd").size == base - 4
         scheduler&.splices
       end
+      require "digest/sha2"   # Digest::SHA256 autoloads it; the child may not read the tree
       soft, hard = File.read(SOFT), File.read(HARD)
+      err_r, err_w = IO.pipe
       begin
         File.write(SOFT, "32")   # two pipes of 64 KiB
         File.write(HARD, "64")
         pid = fork do
+          err_r.close
           Process::Sys.setgid(40123)
           Process::Sys.setuid(40123)
           data = Random.new(7).bytes(4 << 20)
@@ -250,15 +253,16 @@ class TestIOUringFaults < Test::Unit::TestCase
           copy(false, data)
           exit!(0)
         rescue Exception => e
-          $stderr.puts e.full_message
+          err_w.write(e.full_message(highlight: false))
           exit!(1)
         end
+        err_w.close
         Process.wait(pid)
       ensure
         File.write(SOFT, soft)
         File.write(HARD, hard)
       end
-      assert_predicate $?, :success?
+      assert_predicate $?, :success?, err_r.read
     RUBY
   end
 
