@@ -88,6 +88,10 @@ tree: | deps $(ORIGIN_DEP)
 	@$(TOP)/tools/prepare-tree.sh $(ORIGIN) $(TREE)
 
 configure: tree $(if $(findstring $(LIBURING),$(CONFIGURE_FLAGS)),liburing)
+	@if [ -f $(OBJ)/Makefile ] && [ "$$(cat $(OBJ)/.configure-flags 2>/dev/null)" != '$(CONFIGURE_FLAGS)' ]; then \
+	    echo 'configure flags changed: rebuilding $(OBJ) from scratch'; \
+	    rm -rf $(OBJ); \
+	fi
 	@mkdir -p $(OBJ)
 	@if [ ! -f $(OBJ)/Makefile ] || [ "$$(cat $(OBJ)/.configure-flags 2>/dev/null)" != '$(CONFIGURE_FLAGS)' ]; then \
 	    echo 'configure $(CONFIGURE_FLAGS)'; \

@@ -527,16 +527,21 @@ scheduler_close_workers(VALUE self)
     return rb_funcall(self, rb_intern("close_workers"), 0);
 }
 
+static VALUE
+scheduler_close_finish(VALUE self)
+{
+    return rb_ensure(scheduler_close_workers, self, scheduler_release, self);
+}
+
 /* After the loop, however it ended: the kernel lets go first, then the
- * workers, the buffers and the ring are released.  An exception out of
- * the loop (Thread#kill while the thread's end runs it) used to skip them,
- * leaving the ring's descriptors, the pipe pool and the worker threads to
- * the GC. */
+ * workers, the buffers and the ring are released, each whatever the step
+ * before raised.  An exception out of the loop (Thread#kill while the
+ * thread's end runs it) used to skip them, leaving the ring's
+ * descriptors, the pipe pool and the worker threads to the GC. */
 static VALUE
 scheduler_close_rest(VALUE self)
 {
-    scheduler_cancel_all(self);
-    return rb_ensure(scheduler_close_workers, self, scheduler_release, self);
+    return rb_ensure(scheduler_cancel_all, self, scheduler_close_finish, self);
 }
 
 /*

@@ -448,6 +448,17 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     end
   end
 
+  # Keeps the scheduler's thread in this (non-blocking) fiber until the
+  # workers that appeared since `threads_before` all sleep (the copy's is
+  # in its wait then), or 2 seconds.
+  def busy_until_workers_wait(threads_before)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 2
+    until Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      workers = Thread.list - threads_before - [Thread.current]
+      break if workers.any? && workers.all? { |t| t.status == "sleep" }
+    end
+  end
+
   # The append copy falls back to copy_stream's own loop, which
   # #blocking_operation_wait runs on a worker.  The source pipe is empty and
   # the scheduler's thread is busy in another fiber when the worker finds
@@ -459,20 +470,40 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     dst = File.open(path, "ab")
     r, w = IO.pipe
     result = nil
+    threads_before = Thread.list
     run_scheduler(10) do
       Fiber.schedule do
         result = IO.copy_stream(r, dst)
       rescue => result
       end
       Fiber.schedule do
-        busy_until = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 0.3
-        nil while Process.clock_gettime(Process::CLOCK_MONOTONIC) < busy_until
+        busy_until_workers_wait(threads_before)
         w.write(data)
         w.close
       end
     end
     assert_equal data.bytesize, result
     assert_equal sha(data), sha(File.binread(path))
+  ensure
+    [dst, r, w].each { |io| io&.close }
+  end
+
+  # Timeout around that copy: the scheduler interrupts its worker, whose
+  # wait must end on the worker's own interrupt (patch 0016; it looked at
+  # the copying thread's and polled again, and the scheduler's thread, which
+  # waits for its worker, never ended).
+  def test_append_destination_copy_interrupted
+    path = File.join(@dir, "append")
+    dst = File.open(path, "ab")
+    r, w = IO.pipe                      # never written
+    result = nil
+    run_scheduler(10) do
+      Fiber.schedule do
+        Timeout.timeout(0.2) { IO.copy_stream(r, dst) }
+      rescue Timeout::Error => result
+      end
+    end
+    assert_kind_of Timeout::Error, result
   ensure
     [dst, r, w].each { |io| io&.close }
   end
