@@ -2,7 +2,7 @@
 # and without a scheduler: IO.copy_stream between every kind of endpoint,
 # IO#close racing readers, Fiber#raise/Thread#raise/Timeout during reads,
 # writes, splices and waits, forks with operations in flight,
-# Process::Handle, registered buffers.
+# Process::Handle, registered buffers, TLS.
 #
 #   ruby tools/stress.rb [--seconds N | --ops N] [--seed S] [--workers N]
 #                        [--only KINDS] [--scheduler both|uring|none] [-v]
@@ -19,6 +19,10 @@ require "digest"
 require "timeout"
 require "tmpdir"
 require "optparse"
+begin
+  require "openssl"
+rescue LoadError
+end
 
 begin
   require "io/uring"
@@ -36,7 +40,7 @@ OptionParser.new do |o|
   o.on("--seed N", Integer) { |v| options[:seed] = v }
   o.on("--workers N", Integer) { |v| options[:workers] = v }
   o.on("--stall N", Float, "seconds without progress before the watchdog fires") { |v| options[:stall] = v }
-  o.on("--only KINDS", "comma-separated operations (copy,close_race,interrupt,fork,process,registered)") do |v|
+  o.on("--only KINDS", "comma-separated operations (copy,close_race,interrupt,fork,process,registered,tls)") do |v|
     options[:only] = v.split(",").map(&:to_sym)
   end
   o.on("--scheduler KIND", %w[both uring none], "workers under IO::Uring::Scheduler, without a scheduler, or both (alternating)") do |v|
@@ -87,7 +91,7 @@ end
 class Failure < StandardError; end
 
 class Worker
-  KINDS = %i[copy copy copy close_race interrupt interrupt fork process registered].freeze
+  KINDS = %i[copy copy copy close_race interrupt interrupt fork process registered tls].freeze
   ENDPOINTS = %i[pipe file unix tcp].freeze
 
   attr_reader :id, :scheduled, :counts, :bytes, :lost, :interrupted_closes, :doing, :since, :thread, :plan, :failures
@@ -423,6 +427,62 @@ class Worker
     check status.is_a?(Process::Status), "wait gave #{status.inspect}"
   ensure
     handle.close if handle && !handle.detached?
+  end
+
+  # A self-signed EC certificate for the tls operation, made once.
+  def self.tls_credentials
+    @tls_credentials ||= begin
+      key = OpenSSL::PKey::EC.generate("prime256v1")
+      cert = OpenSSL::X509::Certificate.new
+      cert.version = 2
+      cert.serial = 1
+      cert.subject = cert.issuer = OpenSSL::X509::Name.parse("/CN=stress")
+      cert.public_key = key
+      cert.not_before = Time.now - 3600
+      cert.not_after = Time.now + 86400
+      cert.sign(key, "SHA256")
+      [key, cert]
+    end
+  end
+
+  # TLS over a UNIX or TCP socket pair: a handshake, then random bytes one
+  # way in random writes; under a scheduler the bytes move through its
+  # hooks (patch 0014's transport), and what arrives is what was sent.
+  def tls
+    return copy unless defined?(OpenSSL::SSL)
+    kind = %i[unix tcp].sample(random: @op_rng)
+    size = @op_rng.rand(1..(1 << 20))
+    data = @op_rng.bytes(size)
+    writes = Array.new(8) { @op_rng.rand(1..65536) }
+    note "tls #{kind} size=#{size}"
+    a, b = endpoint(kind)
+    key, cert = Worker.tls_credentials
+    server_ctx = OpenSSL::SSL::SSLContext.new
+    server_ctx.key, server_ctx.cert = key, cert
+    server = OpenSSL::SSL::SSLSocket.new(a, server_ctx)
+    client = OpenSSL::SSL::SSLSocket.new(b, OpenSSL::SSL::SSLContext.new)
+    # the receiver reads the known size: SSLSocket#close gives up its
+    # close_notify when the socket is full (stock ruby/openssl)
+    receiver = task do
+      server.accept
+      server.read(size) || ""
+    end
+    client.connect
+    pos = 0
+    i = 0
+    while pos < size
+      n = [writes[i % writes.size], size - pos].min
+      client.write(data.byteslice(pos, n))
+      pos += n
+      i += 1
+    end
+    received = receiver.value
+    check Digest::SHA256.digest(received) == Digest::SHA256.digest(data),
+          "sha256 differs (#{received.bytesize} bytes arrived, #{size} sent)"
+    @bytes += size
+  ensure
+    [client, server].each { |s| s&.close rescue nil }
+    [a, b].each { |io| io&.close unless io&.closed? }
   end
 
   # Reads into slices of a registered buffer (IO::Uring::Scheduler only).
