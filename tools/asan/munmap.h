@@ -16,6 +16,9 @@
  */
 #if !defined(RUBY_URING_ASAN_MUNMAP_H) && !defined(__ASSEMBLER__)
 #define RUBY_URING_ASAN_MUNMAP_H 1
+#ifdef __cplusplus
+extern "C" {
+#endif
 void __asan_unpoison_memory_region(void const volatile *addr, __SIZE_TYPE__ size);
 int __real_munmap(void *addr, __SIZE_TYPE__ length);
 int __wrap_munmap(void *addr, __SIZE_TYPE__ length);
@@ -26,4 +29,7 @@ __wrap_munmap(void *addr, __SIZE_TYPE__ length)
     __asan_unpoison_memory_region(addr, length);
     return __real_munmap(addr, length);
 }
+#ifdef __cplusplus
+}
+#endif
 #endif
