@@ -1,4 +1,4 @@
-# Build CRuby 3.4.5 with the io_uring Fiber::Scheduler series, and test it.
+# Build CRuby 3.4 with the io_uring Fiber::Scheduler series, and test it.
 #
 #   make                  patched ruby in build/ruby (bin/ruby)
 #   make test             our tests and the CRuby suites the series touches
@@ -9,7 +9,9 @@
 #   make test-asan        `make test` on a ruby built with AddressSanitizer and UBSan
 #   make stress           randomized stress (STRESS_SECONDS=, SEED=)
 #   make stock            unpatched ruby in build/stock/ruby, for comparisons
-#   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree)
+#   make RUBY_VERSION=V   another pinned Debian ruby3.4 release (3.4.5, 3.4.11),
+#                         built in build-V unless BUILD= says otherwise
+#   make RUBY_SRC=DIR     use another CRuby 3.4 tree (git checkout or tarball tree)
 #   make CONFIGURE_ARGS=--without-liburing BUILD=build-nouring
 #                         a patched ruby without IO::Uring::Scheduler
 #
@@ -21,13 +23,20 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 
 TOP := $(abspath .)
-BUILD ?= $(TOP)/build
+
+# The base: Debian's ruby3.4 source package, pristine upstream source.  The
+# default is 3.4.5: the archive copy this project builds from lists 3.4.11
+# but serves no files for it (404), so a fresh machine could not build it.
+RUBY_VERSION ?= 3.4.5
+RUBY_DEB_3.4.5 := ruby3.4 3.4.5-1~exp1 141fb3b0192b8196361b3b4d6c29fc9b10c0798dbe54ada1539d9f1c311bfcbf
+RUBY_DEB_3.4.11 := ruby3.4 3.4.11-1~exp1 ff0df699a412bc918b63a1a9d51920c2a75b2cf1b07bf5d062ac8e56f274b44b
+RUBY_DEB = $(or $(RUBY_DEB_$(RUBY_VERSION)),$(error RUBY_VERSION=$(RUBY_VERSION): no pinned source package (3.4.5, 3.4.11); use RUBY_SRC=DIR for another tree))
+
+BUILD ?= $(TOP)/build$(if $(filter-out 3.4.5,$(RUBY_VERSION)),-$(RUBY_VERSION))
 override BUILD := $(abspath $(BUILD))
 CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ruby-uring-series
 JOBS ?= $(shell nproc)
 
-# The base: Debian's ruby3.4 source package (upstream 3.4.5, pristine).
-RUBY_DEB := ruby3.4 3.4.5-1~exp1 141fb3b0192b8196361b3b4d6c29fc9b10c0798dbe54ada1539d9f1c311bfcbf
 LIBURING_DEB := liburing 2.15-1 efd299ff27cde40a45efc7dbb97ebe40a0c461921cb462f1d62611642bb4ee86
 
 RUBY_SRC ?=
@@ -61,7 +70,7 @@ deps:
 	@$(TOP)/tools/deps.sh
 
 # --- sources ---------------------------------------------------------------
-$(CACHE)/ruby-tarball:
+$(CACHE)/ruby-$(RUBY_VERSION)-tarball:
 	@mkdir -p $(CACHE)
 	@$(TOP)/tools/fetch-source.sh $(RUBY_DEB) $(CACHE) > $@.tmp && mv $@.tmp $@
 
@@ -69,8 +78,8 @@ $(CACHE)/liburing-tarball:
 	@mkdir -p $(CACHE)
 	@$(TOP)/tools/fetch-source.sh $(LIBURING_DEB) $(CACHE) > $@.tmp && mv $@.tmp $@
 
-ORIGIN = $(if $(RUBY_SRC),$(abspath $(RUBY_SRC)),$$(cat $(CACHE)/ruby-tarball))
-ORIGIN_DEP = $(if $(RUBY_SRC),,$(CACHE)/ruby-tarball)
+ORIGIN = $(if $(RUBY_SRC),$(abspath $(RUBY_SRC)),$$(cat $(CACHE)/ruby-$(RUBY_VERSION)-tarball))
+ORIGIN_DEP = $(if $(RUBY_SRC),,$(CACHE)/ruby-$(RUBY_VERSION)-tarball)
 
 # --- liburing (static, position independent: extensions link it too) -------
 liburing: $(BUILD)/liburing/lib/liburing.a

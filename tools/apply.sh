@@ -3,8 +3,11 @@
 #
 #   tools/apply.sh [--check | --reverse | --commit] RUBY_TREE
 #
-#   (default)   copy src/, ext/ and test/ into the tree, then apply patches/series
-#               in order to the working files.  Works on a git checkout and on
+#   (default)   copy src/, ext/ and test/ into the tree, then apply the series
+#               in order to the working files.  The tree's version picks the
+#               series: patches/series for Ruby 3.4.x (with the backports its
+#               lines name for older 3.4 releases), patches/master/series for
+#               master (4.1.0-dev and later).  Works on a git checkout and on
 #               a plain (tarball) tree.
 #   --check     dry run: say whether the series applies; name the failing
 #               patch and file and exit 1 if it does not.
@@ -13,6 +16,7 @@
 #               `git am`, keeping its author and message.  This is how the
 #               build tree is made, so tools/export-patches.sh reproduces the
 #               series exactly.
+#   --list      print the patch files the tree's version selects, one a line.
 #   --sources   only copy the changed files of src/, ext/ and test/ into the tree,
 #               leaving its patches alone (the build tree, whose patches are
 #               its git commits, uses this).
@@ -32,27 +36,56 @@ for arg; do
         --reverse) mode=reverse ;;
         --commit) mode=commit ;;
         --sources) mode=sources ;;
+        --list) mode=list ;;
         -h|--help) sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         -*) echo "apply.sh: unknown option $arg" >&2; exit 2 ;;
         *) [ -z "$tree" ] || { echo "apply.sh: one tree only" >&2; exit 2; }; tree=$arg ;;
     esac
 done
+say() { echo "apply.sh: $*"; }
+die() { echo "apply.sh: $*" >&2; exit 1; }
+
 [ -n "$tree" ] || { echo "usage: tools/apply.sh [--check|--reverse|--commit] RUBY_TREE" >&2; exit 2; }
 [ -d "$tree" ] || { echo "apply.sh: $tree: no such directory" >&2; exit 2; }
 tree=$(cd "$tree" && pwd)
 [ -f "$tree/configure.ac" ] && [ -f "$tree/io.c" ] && [ -f "$tree/scheduler.c" ] ||
     { echo "apply.sh: $tree does not look like a CRuby source tree" >&2; exit 2; }
 
-say() { echo "apply.sh: $*"; }
-die() { echo "apply.sh: $*" >&2; exit 1; }
-
+# The tree's version picks the series: patches/series for Ruby 3.4, and
+# patches/master/series for master (4.1.0-dev and later).  A series line is
+# a patch file, optionally followed by a condition on the tree's version
+# ("ruby < 3.4.7": a backport of an upstream fix older trees lack).
+version=$("$here/tools/ruby-version.sh" "$tree") ||
+    die "cannot read the Ruby version of $tree"
+case $version in
+    3.4.*) series_dir=$here/patches ;;
+    *) if [ "$(printf '%s\n' 4.1.0 "$version" | sort -V | head -n1)" = 4.1.0 ]; then
+           series_dir=$here/patches/master
+       else
+           die "no series for Ruby $version (there is one for 3.4 and one for master, 4.1.0-dev)"
+       fi ;;
+esac
+# version_lt A B: A < B, as versions.
+version_lt() { [ "$1" != "$2" ] && [ "$(printf '%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]; }
 patches=()
-while read -r line; do
-    line=${line%%#*}
-    line=${line//[[:space:]]/}
-    [ -n "$line" ] && patches+=("$here/patches/$line")
-done < "$here/patches/series"
+skipped=()
+while read -r file op want rest; do
+    [ -n "$file" ] || continue
+    case $op in
+        '') ;;
+        ruby) case $want in
+                  '<') version_lt "$version" "$rest" || { skipped+=("$file"); continue; } ;;
+                  *) die "$series_dir/series: cannot read the condition of $file" ;;
+              esac ;;
+        *) die "$series_dir/series: cannot read the condition of $file" ;;
+    esac
+    patches+=("$series_dir/$file")
+done < <(sed -e 's/#.*//' "$series_dir/series")
 n=${#patches[@]}
+if [ "$mode" = list ]; then
+    [ "$n" -eq 0 ] || printf '%s\n' "${patches[@]}"
+    exit 0
+fi
 reversed=()
 for ((i = n - 1; i >= 0; i--)); do reversed+=("${patches[i]}"); done
 
@@ -133,7 +166,7 @@ explain_conflict() {
     local i err
     for ((i = 1; i <= n; i++)); do
         if ! err=$(series_check "${patches[@]:0:i}" 2>&1); then
-            echo "apply.sh: patches/$(basename "${patches[i-1]}") does not apply to $tree:" >&2
+            echo "apply.sh: ${patches[i-1]#$here/} does not apply to $tree (Ruby $version):" >&2
             echo "$err" | grep -E 'error:' | sed 's/^/    /' >&2
             break
         fi
@@ -169,7 +202,7 @@ check)
     if [ ${#copy_conflicts[@]} -gt 0 ]; then
         die "these files exist in $tree and differ from ours: ${copy_conflicts[*]}"
     fi
-    say "the series ($n patches) applies cleanly to $tree"
+    say "the series ($n patches${skipped:+, ${#skipped[@]} backport(s) the tree has}) applies cleanly to $tree (Ruby $version)"
     ;;
 apply|commit|sources)
     if [ "$state" = conflict ]; then
@@ -208,7 +241,7 @@ apply|commit|sources)
     fi
     if [ "$mode" = commit ]; then
         export GIT_COMMITTER_NAME=${GIT_COMMITTER_NAME:-series} GIT_COMMITTER_EMAIL=${GIT_COMMITTER_EMAIL:-series@localhost}
-        git -C "$tree" am --quiet --keep-cr --committer-date-is-author-date "${patches[@]}" ||
+        git -C "$tree" am --quiet --keep-cr --keep-non-patch --committer-date-is-author-date "${patches[@]}" ||
             { git -C "$tree" am --abort 2>/dev/null || true; die "git am failed; the tree was restored"; }
     else
         series_apply "${patches[@]}"

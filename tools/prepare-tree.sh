@@ -38,6 +38,13 @@ unpack() {
     fi
     [ -f "$dest.tmp/configure.ac" ] && [ -f "$dest.tmp/scheduler.c" ] ||
         { echo "prepare-tree: $origin is not a CRuby source" >&2; exit 1; }
+    # A git checkout lacks tool/config.guess and tool/config.sub, which
+    # configure would download: take autoconf's.
+    local f
+    for f in config.guess config.sub; do
+        [ -f "$dest.tmp/tool/$f" ] || cp /usr/share/autoconf/build-aux/$f "$dest.tmp/tool/$f" ||
+            { echo "prepare-tree: $origin has no tool/$f, and autoconf's is missing" >&2; exit 1; }
+    done
     mv "$dest.tmp" "$dest"
 }
 
@@ -62,12 +69,22 @@ if [ ! -d "$tree/.git" ]; then
     git -C "$tree" add -A -f .
     git -C "$tree" rm -q --cached --ignore-unmatch configure revision.h
     git -C "$tree" commit -q -m "CRuby source (pristine)" -m "From: $(basename "$origin")"
+    echo "$origin" > "$tree/.git/series-origin"
     git -C "$tree" tag series-base
     git -C "$tree" checkout -q -b series
 fi
 
+# A tree made from another origin (another RUBY_VERSION or RUBY_SRC) is not
+# reused: its base would silently stay the old one.
+if [ -f "$tree/.git/series-origin" ] && [ "$(cat "$tree/.git/series-origin")" != "$origin" ]; then
+    echo "prepare-tree: $tree was made from $(cat "$tree/.git/series-origin")," \
+         "not $origin: give another BUILD=, or remove $(dirname "$tree")" >&2
+    exit 1
+fi
+
 # Bring the tree's commits in line with patches/series.
-hash=$(cd "$here/patches" && cat series $(grep -v '^#' series) | sha256sum | cut -c1-16)
+patches=$("$here/tools/apply.sh" --list "$tree")
+hash=$({ echo "$patches"; [ -z "$patches" ] || cat $patches; } | sha256sum | cut -c1-16)
 stamp=$tree/.git/series-hash
 if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
     scratch=$(mktemp -d)

@@ -752,7 +752,12 @@ class TestIOUringIOSplice < Test::Unit::TestCase
     assert_kind_of(Timeout::Error, error)
     assert_operator(elapsed, :>=, 0.19)
     assert_equal(0, splicing)
-    assert_equal(Timeout::Error, scheduler.splices.last[5])
+    # Newer timeout gems (Ruby 3.4.10's) raise their internal
+    # Timeout::ExitException in the block and turn it into Timeout::Error
+    # outside: either is what interrupted the hook.
+    raised = [Timeout::Error]
+    raised << Timeout::ExitException if defined?(Timeout::ExitException)
+    assert_include(raised, scheduler.splices.last[5])
     assert_equal("after", after, "the source lost bytes after the timeout")
     assert_operator(closed, :<, 5, "the scheduler did not close promptly")
     dw.close

@@ -6,8 +6,12 @@ require_relative 'scheduler'
 
 # IO#close under a fiber scheduler: the fibers and threads using the
 # descriptor are interrupted, the descriptor is held until they are gone, and
-# the scheduler's #io_close closes it.
-class TestFiberIOClose < Test::Unit::TestCase
+# the scheduler's #io_close closes it.  This is the 3.4 series' protocol
+# (patch 0001).  Master has its own (a per-IO blocking-operation list), which
+# the master series extends only with #io_close's -errno: there, cases of
+# this file hang (a duplex IO's writer, a close from another thread whose
+# number is reused), see docs/proposals/io_close.md, so it runs on 3.4 only.
+class TestFiberIOCloseSeries < Test::Unit::TestCase
   # Records the descriptors #io_close is given; `result` decides what it does.
   class RecordingScheduler < Scheduler
     attr_reader :closed_descriptors
@@ -51,10 +55,12 @@ class TestFiberIOClose < Test::Unit::TestCase
   end
 
   def setup
+    omit "the 3.4 series' IO#close protocol (master has its own)" if RUBY_VERSION >= "4"
     @fds = open_fds
   end
 
   def teardown
+    return unless @fds
     GC.start
     assert_equal(@fds, open_fds, "descriptors leaked")
   end
