@@ -25,6 +25,16 @@
 #include "internal/io_splice.h"
 struct rb_execution_context_struct; /* for internal/thread.h */
 #include "internal/thread.h"
+#include "ruby/version.h"
+
+/* Runs func(arg) as a blocking user of io's descriptor, so that IO#close
+ * from another thread interrupts it and waits for it: master keeps the
+ * users in the IO's blocking-operation list. */
+#if RUBY_API_VERSION_MAJOR >= 4
+# define io_blocking_user_call(io, func, arg) rb_thread_io_blocking_operation((io), (func), (arg))
+#else
+# define io_blocking_user_call(io, func, arg) rb_thread_io_blocking_user_call((io), (func), (arg))
+#endif
 
 /* Cleared by tests (ext/-test-/io_splice) to make the ordinary loop the
  * reference for the same copies. */
@@ -107,6 +117,16 @@ splice_stream_p(const struct rb_io *fptr, mode_t mode)
     return getsockopt(fptr->fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
 }
 
+/* Waits as IO's own waits do, IO#timeout included. */
+static void
+hook_wait(VALUE io, enum rb_io_event event)
+{
+    if (!RTEST(rb_io_wait(io, RB_INT2NUM(event), RUBY_IO_TIMEOUT_DEFAULT))) {
+        rb_raise(rb_eIOTimeoutError, "Timed out waiting for IO to become %s!",
+                 event == RUBY_IO_READABLE ? "readable" : "writable");
+    }
+}
+
 int
 rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
 {
@@ -144,6 +164,14 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
 
         n = NUM2SSIZET(result);
         if (n == 0) return RB_IO_SPLICE_DONE;
+        if (n == -EAGAIN || n == -EWOULDBLOCK) {
+            /* The hook would have had to wait: for bytes to read or room
+             * to write.  Wait for both with #io_wait (at once for the side
+             * that is ready), then call it again. */
+            hook_wait(c->src, RUBY_IO_READABLE);
+            hook_wait(c->dst, RUBY_IO_WRITABLE);
+            continue;
+        }
         if (n < 0) return copy_failed(c, (int)-n, hook_syserr(c, (int)-n));
         if ((size_t)n > want) {
             rb_raise(rb_eRuntimeError, "io_splice copied %"PRIdSIZE" bytes, more than the %"PRIuSIZE" asked for", n, want);
@@ -359,7 +387,7 @@ direct_copy_to(VALUE ptr)
 {
     struct direct_copy *d = (struct direct_copy *)ptr;
 
-    return rb_thread_io_blocking_user_call(d->c->dst, direct_copy_body, ptr);
+    return io_blocking_user_call(d->c->dst, direct_copy_body, ptr);
 }
 
 static VALUE
@@ -368,9 +396,9 @@ direct_copy_from(VALUE ptr)
     struct direct_copy *d = (struct direct_copy *)ptr;
 
     if (d->c->src_fptr->fd == d->c->dst_fptr->fd) {
-        return rb_thread_io_blocking_user_call(d->c->src, direct_copy_body, ptr);
+        return io_blocking_user_call(d->c->src, direct_copy_body, ptr);
     }
-    return rb_thread_io_blocking_user_call(d->c->src, direct_copy_to, ptr);
+    return io_blocking_user_call(d->c->src, direct_copy_to, ptr);
 }
 
 int

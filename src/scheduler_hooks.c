@@ -3,7 +3,8 @@
   scheduler_hooks.c - Fiber::Scheduler hooks that need more than a call
 
   The IO#close protocol: fiber scheduler I/O hooks registered as users of
-  their descriptor, #fiber_interrupt, and #io_close with its result.
+  their descriptor, #fiber_interrupt, and #io_close with its result (on
+  3.4; master has its own, which the other hooks here join).
 
   The fork contract: a forked child starts without the parent's scheduler,
   which #process_fork may replace.
@@ -22,11 +23,24 @@
 **********************************************************************/
 
 #include "vm_core.h"
+#include "ruby/version.h"
 #include "ruby/fiber/scheduler.h"
 #include "ruby/io/buffer.h"
 #include "internal/numeric.h"
 #include "internal/scheduler_hooks.h"
 #include "internal/thread.h"
+
+/* Ruby 3.4 gets the IO#close protocol from this file; master (4.1) has its
+ * own: IO#close interrupts the operations in the IO's blocking-operation
+ * list, with Fiber::Scheduler#fiber_interrupt for fibers. */
+#if RUBY_API_VERSION_MAJOR >= 4
+# define SCHEDULER_HOOKS_MASTER 1
+/* Runs func(arg) as a user of io's descriptor: IO#close interrupts it. */
+# define io_user_call(io, func, arg) rb_thread_io_blocking_operation((io), (func), (arg))
+#else
+# define SCHEDULER_HOOKS_MASTER 0
+# define io_user_call(io, func, arg) rb_thread_io_scheduler_call((io), (func), (arg))
+#endif
 
 static ID id_fiber_interrupt;
 static ID id_process_fork;
@@ -72,17 +86,9 @@ rb_fiber_scheduler_io_hook(VALUE scheduler, VALUE io, ID mid, int argc, const VA
     struct io_hook_call call = {scheduler, mid, argc, argv, required};
 
     if (rb_fiber_scheduler_interruptible_p(scheduler)) {
-        return rb_thread_io_scheduler_call(io, io_hook_call, (VALUE)&call);
+        return io_user_call(io, io_hook_call, (VALUE)&call);
     }
     return io_hook_call((VALUE)&call);
-}
-
-static VALUE
-fiber_interrupt_call(VALUE ptr)
-{
-    VALUE *args = (VALUE *)ptr;
-
-    return rb_check_funcall(args[0], id_fiber_interrupt, 2, args + 1);
 }
 
 /* Does `scheduler` take part in the IO#close protocol? */
@@ -90,6 +96,16 @@ int
 rb_fiber_scheduler_interruptible_p(VALUE scheduler)
 {
     return rb_respond_to(scheduler, id_fiber_interrupt);
+}
+
+#if !SCHEDULER_HOOKS_MASTER
+
+static VALUE
+fiber_interrupt_call(VALUE ptr)
+{
+    VALUE *args = (VALUE *)ptr;
+
+    return rb_check_funcall(args[0], id_fiber_interrupt, 2, args + 1);
 }
 
 /*
@@ -167,6 +183,7 @@ rb_fiber_scheduler_io_close_fd(VALUE scheduler, int fd, int *eno)
     }
     return 1;
 }
+#endif /* !SCHEDULER_HOOKS_MASTER */
 
 struct io_splice_call {
     VALUE scheduler;
@@ -188,7 +205,7 @@ io_splice_call_to(VALUE ptr)
 {
     struct io_splice_call *call = (struct io_splice_call *)ptr;
 
-    return rb_thread_io_scheduler_call(call->args[2], io_splice_call, ptr);
+    return io_user_call(call->args[2], io_splice_call, ptr);
 }
 
 /*
@@ -206,13 +223,16 @@ io_splice_call_to(VALUE ptr)
  *  * +to_offset+: the same for +to+ (IO.copy_stream always passes +nil+).
  *  * +length+: the most bytes this call may copy.
  *
- *  One call copies at least one byte, waiting (suspending the fiber) until
- *  it can, and at most +length+; it may copy fewer, as read(2) may.
+ *  One call is one transfer of at most +length+ bytes; it may copy fewer,
+ *  as read(2) may.  A hook may wait (suspending the fiber) until it can
+ *  copy, or return -EAGAIN instead: the caller then waits with #io_wait
+ *  for +from+ to be readable and +to+ to be writable, and calls it again.
  *  Returns:
  *
  *  * the number of bytes copied, every one of them written to +to+;
  *  * 0 at end of file of +from+, nothing copied;
- *  * a negated errno if reading +from+ or writing +to+ failed;
+ *  * -EAGAIN, nothing copied, if the copy would have had to wait;
+ *  * another negated errno if reading +from+ or writing +to+ failed;
  *  * +nil+ if the scheduler does not do this copy (the kind of descriptor,
  *    an +O_APPEND+ destination, a kernel that refuses), having copied
  *    nothing.  IO.copy_stream then copies the rest itself, as when the
@@ -239,7 +259,7 @@ rb_fiber_scheduler_io_splice(VALUE scheduler, VALUE from, rb_off_t from_offset, 
     if (!rb_fiber_scheduler_interruptible_p(scheduler)) {
         return io_splice_call((VALUE)&call);
     }
-    return rb_thread_io_scheduler_call(from, io_splice_call_to, (VALUE)&call);
+    return io_user_call(from, io_splice_call_to, (VALUE)&call);
 }
 
 /*
@@ -491,7 +511,7 @@ rb_fiber_scheduler_io_buffer_unregister(VALUE scheduler, VALUE buffer)
 VALUE
 rb_fiber_scheduler_io_operation(VALUE io, VALUE (*function)(VALUE), VALUE argument)
 {
-    return rb_thread_io_scheduler_call(io, function, argument);
+    return io_user_call(io, function, argument);
 }
 
 /*

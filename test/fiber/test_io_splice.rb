@@ -305,6 +305,35 @@ class TestFiberIOSplice < Test::Unit::TestCase
     [r, dr, dw].each { |io| io&.close }
   end
 
+  def test_eagain_waits_with_io_wait_and_calls_again
+    r, w = binary_pipe
+    dr, dw = binary_pipe
+    waits = []
+    waiting = Class.new(SpliceScheduler) do
+      define_method(:io_wait) do |io, events, timeout|
+        waits << [io, events]
+        super(io, events, timeout)
+      end
+    end
+    copied = nil
+    writer = Thread.new { sleep 0.05; w.write("hello"); w.close }
+    scheduler = with_scheduler(waiting) do |s|
+      # The source is empty: the hook answers -EAGAIN, as a readiness-based
+      # scheduler may, and copy_stream waits with #io_wait and calls again.
+      s.results = [-Errno::EAGAIN::Errno]
+      copied = IO.copy_stream(r, dw)
+    end
+    writer.join
+    dw.close
+    assert_equal 5, copied
+    assert_equal "hello", dr.read
+    assert_operator scheduler.splices.size, :>=, 2
+    assert_include waits, [r, IO::READABLE]
+    assert_include waits, [dw, IO::WRITABLE]
+  ensure
+    [r, w, dr, dw].each { |io| io&.close }
+  end
+
   def test_negative_errno_raises_as_the_ruby_loop_would
     [[Errno::EPIPE, "Broken pipe - write"], [Errno::ECONNRESET, "Connection reset by peer - read"]].each do |klass, message|
       r, w = IO.pipe

@@ -14,7 +14,8 @@ begin
 rescue LoadError
 end
 
-if defined?(OpenSSL::SSL)
+# Only where openssl has the scheduler transport (patch 0014).
+if defined?(OpenSSL::SSL) && OpenSSL::SSL::SSLContext.method_defined?(:scheduler_transport=)
 
 module OpenSSL::SchedulerRun
   def self.uring_available?
