@@ -9,9 +9,10 @@
 #   make test-asan        `make test` on a ruby built with AddressSanitizer and UBSan
 #   make stress           randomized stress (STRESS_SECONDS=, SEED=)
 #   make stock            unpatched ruby in build/stock/ruby, for comparisons
-#   make RUBY_VERSION=V   another pinned Debian ruby3.4 release (3.4.5, 3.4.11),
+#   make CRUBY_VERSION=V  another pinned Debian ruby3.4 release (3.4.5, 3.4.11),
 #                         built in build-V unless BUILD= says otherwise
-#   make RUBY_SRC=DIR     use another CRuby 3.4 tree (git checkout or tarball tree)
+#   make RUBY_SRC=DIR     use another CRuby tree (git checkout or tarball tree):
+#                         3.4, or master with patches/master (see README)
 #   make CONFIGURE_ARGS=--without-liburing BUILD=build-nouring
 #                         a patched ruby without IO::Uring::Scheduler
 #
@@ -27,12 +28,14 @@ TOP := $(abspath .)
 # The base: Debian's ruby3.4 source package, pristine upstream source.  The
 # default is 3.4.5: the archive copy this project builds from lists 3.4.11
 # but serves no files for it (404), so a fresh machine could not build it.
-RUBY_VERSION ?= 3.4.5
+# (CRUBY_VERSION, not RUBY_VERSION: version managers export that one.)
+DEFAULT_CRUBY_VERSION := 3.4.5
+CRUBY_VERSION ?= $(DEFAULT_CRUBY_VERSION)
 RUBY_DEB_3.4.5 := ruby3.4 3.4.5-1~exp1 141fb3b0192b8196361b3b4d6c29fc9b10c0798dbe54ada1539d9f1c311bfcbf
 RUBY_DEB_3.4.11 := ruby3.4 3.4.11-1~exp1 ff0df699a412bc918b63a1a9d51920c2a75b2cf1b07bf5d062ac8e56f274b44b
-RUBY_DEB = $(or $(RUBY_DEB_$(RUBY_VERSION)),$(error RUBY_VERSION=$(RUBY_VERSION): no pinned source package (3.4.5, 3.4.11); use RUBY_SRC=DIR for another tree))
+RUBY_DEB = $(or $(RUBY_DEB_$(CRUBY_VERSION)),$(error CRUBY_VERSION=$(CRUBY_VERSION): no pinned source package (3.4.5, 3.4.11); use RUBY_SRC=DIR for another tree))
 
-BUILD ?= $(TOP)/build$(if $(filter-out 3.4.5,$(RUBY_VERSION)),-$(RUBY_VERSION))
+BUILD ?= $(TOP)/build$(if $(filter-out $(DEFAULT_CRUBY_VERSION),$(CRUBY_VERSION)),-$(CRUBY_VERSION))
 override BUILD := $(abspath $(BUILD))
 CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ruby-uring-series
 JOBS ?= $(shell nproc)
@@ -62,7 +65,7 @@ CONFIGURE_FLAGS := --prefix=$(PREFIX) --disable-install-doc \
 	$(if $(filter --without-liburing --with-liburing-dir=%,$(CONFIGURE_ARGS)),,--with-liburing-dir=$(LIBURING)) \
 	$(CONFIGURE_ARGS)
 
-.PHONY: all deps liburing tree configure ruby stock test test-all test-nouring test-nopidfd test-gdb test-asan stress clean distclean
+.PHONY: all deps liburing tree tarball-path configure ruby stock test test-all test-nouring test-nopidfd test-gdb test-asan stress clean distclean
 
 all: ruby
 
@@ -70,7 +73,7 @@ deps:
 	@$(TOP)/tools/deps.sh
 
 # --- sources ---------------------------------------------------------------
-$(CACHE)/ruby-$(RUBY_VERSION)-tarball:
+$(CACHE)/ruby-$(CRUBY_VERSION)-tarball:
 	@mkdir -p $(CACHE)
 	@$(TOP)/tools/fetch-source.sh $(RUBY_DEB) $(CACHE) > $@.tmp && mv $@.tmp $@
 
@@ -78,8 +81,12 @@ $(CACHE)/liburing-tarball:
 	@mkdir -p $(CACHE)
 	@$(TOP)/tools/fetch-source.sh $(LIBURING_DEB) $(CACHE) > $@.tmp && mv $@.tmp $@
 
-ORIGIN = $(if $(RUBY_SRC),$(abspath $(RUBY_SRC)),$$(cat $(CACHE)/ruby-$(RUBY_VERSION)-tarball))
-ORIGIN_DEP = $(if $(RUBY_SRC),,$(CACHE)/ruby-$(RUBY_VERSION)-tarball)
+ORIGIN = $(if $(RUBY_SRC),$(abspath $(RUBY_SRC)),$$(cat $(CACHE)/ruby-$(CRUBY_VERSION)-tarball))
+ORIGIN_DEP = $(if $(RUBY_SRC),,$(CACHE)/ruby-$(CRUBY_VERSION)-tarball)
+
+# The path of the pristine source tarball (fetched if need be), for scripts.
+tarball-path: $(CACHE)/ruby-$(CRUBY_VERSION)-tarball
+	@cat $<
 
 # --- liburing (static, position independent: extensions link it too) -------
 liburing: $(BUILD)/liburing/lib/liburing.a

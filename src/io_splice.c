@@ -153,6 +153,8 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
         }
     }
 
+    int again = 0;              /* -EAGAIN answers in a row */
+
     while (c->length != 0) {
         size_t want = HOOK_CHUNK;
         VALUE result;
@@ -167,11 +169,16 @@ rb_io_copy_stream_hook(VALUE scheduler, struct rb_io_splice_copy *c)
         if (n == -EAGAIN || n == -EWOULDBLOCK) {
             /* The hook would have had to wait: for bytes to read or room
              * to write.  Wait for both with #io_wait (at once for the side
-             * that is ready), then call it again. */
+             * that is ready), then call it again.  A second -EAGAIN with
+             * both ends ready is a copy the hook cannot make (splice(2)
+             * stops at TCP urgent data, which read(2) steps over): the
+             * rest goes to the ordinary loop rather than around here. */
+            if (again++) return RB_IO_SPLICE_FALLBACK;
             hook_wait(c->src, RUBY_IO_READABLE);
             hook_wait(c->dst, RUBY_IO_WRITABLE);
             continue;
         }
+        again = 0;
         if (n < 0) return copy_failed(c, (int)-n, hook_syserr(c, (int)-n));
         if ((size_t)n > want) {
             rb_raise(rb_eRuntimeError, "io_splice copied %"PRIdSIZE" bytes, more than the %"PRIuSIZE" asked for", n, want);

@@ -231,7 +231,9 @@ io_splice_call_to(VALUE ptr)
  *
  *  * the number of bytes copied, every one of them written to +to+;
  *  * 0 at end of file of +from+, nothing copied;
- *  * -EAGAIN, nothing copied, if the copy would have had to wait;
+ *  * -EAGAIN, nothing copied, if the copy would have had to wait (a
+ *    second -EAGAIN in a row, after both waits, leaves the rest of the
+ *    copy to IO.copy_stream's own loop);
  *  * another negated errno if reading +from+ or writing +to+ failed;
  *  * +nil+ if the scheduler does not do this copy (the kind of descriptor,
  *    an +O_APPEND+ destination, a kernel that refuses), having copied

@@ -74,13 +74,14 @@ while read -r file op want rest; do
     case $op in
         '') ;;
         ruby) case $want in
-                  '<') version_lt "$version" "$rest" || { skipped+=("$file"); continue; } ;;
+                  '<') [ -n "$rest" ] || die "$series_dir/series: $file: no version after 'ruby <'"
+                       version_lt "$version" "$rest" || { skipped+=("$file"); continue; } ;;
                   *) die "$series_dir/series: cannot read the condition of $file" ;;
               esac ;;
         *) die "$series_dir/series: cannot read the condition of $file" ;;
     esac
     patches+=("$series_dir/$file")
-done < <(sed -e 's/#.*//' "$series_dir/series")
+done < <(sed -e 's/#.*//' "$series_dir/series"; echo)
 n=${#patches[@]}
 if [ "$mode" = list ]; then
     [ "$n" -eq 0 ] || printf '%s\n' "${patches[@]}"

@@ -26,8 +26,24 @@ git -C "$tree" rev-parse -q --verify series-base >/dev/null ||
 version=$("$here/tools/ruby-version.sh" "$tree")
 case $version in
     3.4.*) dest=$here/patches ;;
-    *) dest=$here/patches/master ;;
+    *) if [ "$(printf '%s\n' 4.1.0 "$version" | sort -V | head -n1)" = 4.1.0 ]; then
+           dest=$here/patches/master
+       else
+           echo "export-patches: no series for Ruby $version" >&2; exit 1
+       fi ;;
 esac
+# The 3.4 series is exported from a tree that carries every backport (the
+# default 3.4.5 base): a newer tree skips some, and exporting it would drop
+# them from the series and rebase the patches onto that release.
+if [ "$dest" = "$here/patches" ] && [ -f "$dest/series" ]; then
+    applied=$("$here/tools/apply.sh" --list "$tree" | grep -c "/backports/" || true)
+    listed=$(grep -c '^backports/' "$dest/series" || true)
+    if [ "$applied" != "$listed" ]; then
+        echo "export-patches: $tree (Ruby $version) skips backports of patches/series;" \
+             "export from a tree on the default base" >&2
+        exit 1
+    fi
+fi
 
 format() {  # format RANGE START OUTDIR
     git -C "$tree" -c core.abbrev=12 -c diff.noprefix=false format-patch --quiet \
@@ -55,6 +71,8 @@ done
 [ "$last_backport" = series-base ] || format "series-base..$last_backport" 1 "$out/backports"
 format "$last_backport..HEAD" 1 "$out/series"
 
+ls "$out"/series/*.patch >/dev/null 2>&1 ||
+    { echo "export-patches: $tree has no patch beyond its backports" >&2; exit 1; }
 mkdir -p "$dest"
 rm -rf "$dest"/*.patch "$dest/backports"
 cp "$out"/series/*.patch "$dest/"

@@ -74,9 +74,11 @@ if [ ! -d "$tree/.git" ]; then
     git -C "$tree" checkout -q -b series
 fi
 
-# A tree made from another origin (another RUBY_VERSION or RUBY_SRC) is not
-# reused: its base would silently stay the old one.
-if [ -f "$tree/.git/series-origin" ] && [ "$(cat "$tree/.git/series-origin")" != "$origin" ]; then
+# A tree made from another origin (another CRUBY_VERSION or RUBY_SRC) is not
+# reused: its base would silently stay the old one.  (A tree made before the
+# origin was recorded is taken to be from this one.)
+[ -f "$tree/.git/series-origin" ] || echo "$origin" > "$tree/.git/series-origin"
+if [ "$(cat "$tree/.git/series-origin")" != "$origin" ]; then
     echo "prepare-tree: $tree was made from $(cat "$tree/.git/series-origin")," \
          "not $origin: give another BUILD=, or remove $(dirname "$tree")" >&2
     exit 1

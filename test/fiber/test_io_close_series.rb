@@ -8,9 +8,10 @@ require_relative 'scheduler'
 # descriptor are interrupted, the descriptor is held until they are gone, and
 # the scheduler's #io_close closes it.  This is the 3.4 series' protocol
 # (patch 0001).  Master has its own (a per-IO blocking-operation list), which
-# the master series extends only with #io_close's -errno: there, cases of
-# this file hang (a duplex IO's writer, a close from another thread whose
-# number is reused), see docs/proposals/io_close.md, so it runs on 3.4 only.
+# the master series extends with #io_close's -errno and users that cannot
+# leave: there, cases of this file still hang (a close from another thread
+# that does not wait for the users' loop, a closer interrupted while it
+# waits), see docs/proposals/io_close.md, so it runs on 3.4 only.
 class TestFiberIOCloseSeries < Test::Unit::TestCase
   # Records the descriptors #io_close is given; `result` decides what it does.
   class RecordingScheduler < Scheduler
