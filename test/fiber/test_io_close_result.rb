@@ -54,40 +54,31 @@ class TestFiberIOCloseResult < Test::Unit::TestCase
     omit "needs /proc/self/fd" unless File.directory?("/proc/self/fd")
   end
 
-  def test_true_means_the_scheduler_closed_it
+  # Closes a pipe's read end under a scheduler answering `result`: the hook
+  # got its descriptor, the IO is closed and so is the descriptor.  Returns
+  # what IO#close raised.
+  def close_with_result(result)
     r, w = IO.pipe
     fd = r.fileno
-    scheduler, error = with_result(true) { r.close }
-    assert_nil error
+    scheduler, error = with_result(result) { r.close }
     assert_equal [fd], scheduler.closes
     assert_predicate r, :closed?
     refute fd_open?(fd), "the descriptor was left open"
+    error
   ensure
     w&.close
+  end
+
+  def test_true_means_the_scheduler_closed_it
+    assert_nil close_with_result(true)
   end
 
   def test_nil_leaves_the_close_to_ruby
-    r, w = IO.pipe
-    fd = r.fileno
-    scheduler, error = with_result(nil) { r.close }
-    assert_nil error
-    assert_equal [fd], scheduler.closes
-    assert_predicate r, :closed?
-    refute fd_open?(fd), "the descriptor was left open"
-  ensure
-    w&.close
+    assert_nil close_with_result(nil)
   end
 
   def test_negative_errno_raises_and_the_descriptor_is_released
-    r, w = IO.pipe
-    fd = r.fileno
-    scheduler, error = with_result(-Errno::EIO::Errno) { r.close }
-    assert_kind_of Errno::EIO, error
-    assert_equal [fd], scheduler.closes
-    assert_predicate r, :closed?
-    refute fd_open?(fd), "the descriptor was left open"
-  ensure
-    w&.close
+    assert_kind_of Errno::EIO, close_with_result(-Errno::EIO::Errno)
   end
 
   def test_negative_errno_raises_what_close_raises_without_a_scheduler

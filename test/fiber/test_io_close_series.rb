@@ -608,18 +608,7 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
     assert_closed_error(error)
   end
 
-  def test_close_on_duplex_interrupts_writer
-    error = nil
-    with_scheduler do
-      io = IO.popen(["cat"], "r+")
-      Fiber.schedule do
-        io.write("x" * 1_000_000) # cat echoes until both pipes are full
-      rescue IOError => error
-      end
-      Fiber.schedule { io.close }
-    end
-    assert_closed_error(error)
-  end
+  # A duplex IO's writer: test_io_close_users.rb, which runs on master too.
 
   def test_socket_close_and_close_read
     a, b = UNIXSocket.pair
