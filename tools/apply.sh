@@ -57,14 +57,7 @@ tree=$(cd "$tree" && pwd)
 # ("ruby < 3.4.7": a backport of an upstream fix older trees lack).
 version=$("$here/tools/ruby-version.sh" "$tree") ||
     die "cannot read the Ruby version of $tree"
-case $version in
-    3.4.*) series_dir=$here/patches ;;
-    *) if [ "$(printf '%s\n' 4.1.0 "$version" | sort -V | head -n1)" = 4.1.0 ]; then
-           series_dir=$here/patches/master
-       else
-           die "no series for Ruby $version (there is one for 3.4 and one for master, 4.1.0-dev)"
-       fi ;;
-esac
+series_dir=$here/$("$here/tools/ruby-version.sh" --series "$tree") || exit 1
 # version_lt A B: A < B, as versions.
 version_lt() { [ "$1" != "$2" ] && [ "$(printf '%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]; }
 patches=()

@@ -24,14 +24,7 @@ tree=${1:-$here/build/src}
 git -C "$tree" rev-parse -q --verify series-base >/dev/null ||
     { echo "export-patches: $tree has no series-base tag" >&2; exit 1; }
 version=$("$here/tools/ruby-version.sh" "$tree")
-case $version in
-    3.4.*) dest=$here/patches ;;
-    *) if [ "$(printf '%s\n' 4.1.0 "$version" | sort -V | head -n1)" = 4.1.0 ]; then
-           dest=$here/patches/master
-       else
-           echo "export-patches: no series for Ruby $version" >&2; exit 1
-       fi ;;
-esac
+dest=$here/$("$here/tools/ruby-version.sh" --series "$tree")
 # The 3.4 series is exported from a tree that carries every backport (the
 # default 3.4.5 base): a newer tree skips some, and exporting it would drop
 # them from the series and rebase the patches onto that release.
