@@ -54,7 +54,7 @@ tree=$(cd "$tree" && pwd)
 # The tree's version picks the series: patches/series for Ruby 3.4, and
 # patches/master/series for master (4.1.0-dev and later).  A series line is
 # a patch file, optionally followed by a condition on the tree's version
-# ("ruby < 3.4.7": a backport of an upstream fix older trees lack).
+# ("ruby < 3.4.8": a backport of an upstream fix older trees lack).
 version=$("$here/tools/ruby-version.sh" "$tree") ||
     die "cannot read the Ruby version of $tree"
 series_dir=$here/$("$here/tools/ruby-version.sh" --series "$tree") || exit 1

@@ -82,6 +82,7 @@ static ID id_socket_recv, id_socket_send, id_io_read, id_io_write;
 static BIO_METHOD *transport_method;
 static int transport_bio_type;
 static int transport_enabled = 1;
+static void (*transport_timed_out)(int events);
 
 static void
 transport_mark(void *ptr)
@@ -442,10 +443,18 @@ transfer(struct ossl_transport *t, VALUE io, char *base, size_t size, int write,
         else t->filling = 1;
         result = rb_protect(transfer_call, (VALUE)&x, &state);
         if (state) {
+            VALUE error = rb_errinfo();
+
             /* Fiber#kill, Thread#kill, throw: the kernel may have moved
              * bytes nobody counted.  (An exception means it did not: a
              * completed transfer defers it, see transfer_call().) */
-            if (!rb_obj_is_kind_of(rb_errinfo(), rb_eException)) t->broken = 1;
+            if (!rb_obj_is_kind_of(error, rb_eException)) t->broken = 1;
+            /* The hook's IO#timeout: raised as the socket BIO's wait would,
+             * which is where stock notices it. */
+            if (rb_obj_is_kind_of(error, rb_eIOTimeoutError)) {
+                rb_set_errinfo(Qnil);
+                transport_timed_out(write ? RUBY_IO_WRITABLE : RUBY_IO_READABLE);
+            }
             rb_jump_tag(state);
         }
         *exception = x.exception;
@@ -463,10 +472,8 @@ transfer(struct ossl_transport *t, VALUE io, char *base, size_t size, int write,
 static void
 transport_wait(VALUE io, int events)
 {
-    if (!RTEST(rb_io_wait(io, RB_INT2NUM(events), RUBY_IO_TIMEOUT_DEFAULT))) {
-        rb_raise(rb_eIOTimeoutError, "Timed out waiting for IO to become %s!",
-                 events == RUBY_IO_READABLE ? "readable" : "writable");
-    }
+    if (!RTEST(rb_io_wait(io, RB_INT2NUM(events), RUBY_IO_TIMEOUT_DEFAULT)))
+        transport_timed_out(events);
 }
 
 static int
@@ -621,12 +628,12 @@ ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname)
  * writer fibers each reserve before they write.
  */
 void
-ossl_transport_reserve(SSL *ssl, VALUE io)
+ossl_transport_reserve(SSL *ssl, VALUE io, const char *funcname)
 {
     struct ossl_transport *t = transport_of(ssl);
 
     while (t && t->wlen > 0 && t->wlen + TRANSPORT_RECORD_MAX > (t->wcap ? t->wcap : TRANSPORT_BUFFER_SIZE))
-        ossl_transport_flush(ssl, io, NULL);
+        ossl_transport_flush(ssl, io, funcname);
 }
 
 /*
@@ -639,7 +646,7 @@ ossl_transport_reserve(SSL *ssl, VALUE io)
  * fiber is gone).
  */
 void
-ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten)
+ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, const char *funcname)
 {
     struct ossl_transport *t = transport_of(ssl);
     VALUE fiber = rb_fiber_current();
@@ -653,7 +660,7 @@ ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten)
         t->committed = nwritten;
         t->committer = fiber;
     }
-    ossl_transport_flush(ssl, io, NULL);
+    ossl_transport_flush(ssl, io, funcname);
     if (mine) {
         t->committed = 0;
         t->committer = Qnil;
@@ -668,7 +675,7 @@ ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten)
  * write as usual.
  */
 int
-ossl_transport_resume_write(SSL *ssl, VALUE io, int num)
+ossl_transport_resume_write(SSL *ssl, VALUE io, int num, const char *funcname)
 {
     struct ossl_transport *t = transport_of(ssl);
     int n;
@@ -680,7 +687,7 @@ ossl_transport_resume_write(SSL *ssl, VALUE io, int num)
         t->committer = Qnil;
         return 0;
     }
-    ossl_transport_flush_written(ssl, io, n);
+    ossl_transport_flush_written(ssl, io, n, funcname);
     return n;
 }
 
@@ -785,10 +792,10 @@ void ossl_transport_begin(SSL *ssl, enum ossl_transport_mode mode) { }
 void ossl_transport_after(SSL *ssl, VALUE io, int ssl_error, const char *funcname) { }
 int ossl_transport_fill(SSL *ssl, VALUE io, int readahead) { return 0; }
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname) { return 0; }
-void ossl_transport_reserve(SSL *ssl, VALUE io) { }
+void ossl_transport_reserve(SSL *ssl, VALUE io, const char *funcname) { }
 int ossl_transport_room(SSL *ssl) { return 0; }
-void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten) { }
-int ossl_transport_resume_write(SSL *ssl, VALUE io, int num) { return 0; }
+void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, const char *funcname) { }
+int ossl_transport_resume_write(SSL *ssl, VALUE io, int num, const char *funcname) { return 0; }
 void ossl_transport_forget_write(SSL *ssl) { }
 void ossl_transport_drain(SSL *ssl, VALUE io) { }
 static void Init_transport_bio(void) { }
@@ -836,8 +843,11 @@ ossl_ssl_transport_pending_p(VALUE self)
 }
 
 void
-Init_ossl_ssl_transport(void)
+Init_ossl_ssl_transport(void (*timed_out)(int events))
 {
+#ifdef OSSL_SCHEDULER_TRANSPORT
+    transport_timed_out = timed_out;
+#endif
     /* hidden (no @): the transport, or :fd */
     id_i_transport = rb_intern_const("transport");
     Init_transport_bio();

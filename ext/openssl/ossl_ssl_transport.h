@@ -27,12 +27,17 @@ void ossl_transport_begin(SSL *ssl, enum ossl_transport_mode mode);
 void ossl_transport_after(SSL *ssl, VALUE io, int ssl_error, const char *funcname);
 int ossl_transport_fill(SSL *ssl, VALUE io, int readahead);
 int ossl_transport_flush(SSL *ssl, VALUE io, const char *funcname);
-void ossl_transport_reserve(SSL *ssl, VALUE io);
+void ossl_transport_reserve(SSL *ssl, VALUE io, const char *funcname);
 int ossl_transport_room(SSL *ssl);
-void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten);
-int ossl_transport_resume_write(SSL *ssl, VALUE io, int num);
+void ossl_transport_flush_written(SSL *ssl, VALUE io, int nwritten, const char *funcname);
+int ossl_transport_resume_write(SSL *ssl, VALUE io, int num, const char *funcname);
 void ossl_transport_forget_write(SSL *ssl);
 void ossl_transport_drain(SSL *ssl, VALUE io);
-void Init_ossl_ssl_transport(void);
+/*
+ * `timed_out` raises ossl_ssl.c's IO::TimeoutError for RUBY_IO_READABLE or
+ * RUBY_IO_WRITABLE, so that the transport's timeouts read as the socket
+ * BIO's waits do.
+ */
+void Init_ossl_ssl_transport(void (*timed_out)(int events));
 
 #endif /* OSSL_SSL_TRANSPORT_H */

@@ -439,6 +439,18 @@ class TestIOUringSSL < Test::Unit::TestCase
     stock[1]
   end
 
+  # What the socket BIO raises, by the openssl version: 4.0 names the call
+  # in Errno messages and words IO#timeout its own way.
+  OPENSSL_4 = OpenSSL::VERSION.to_i >= 4
+
+  def stock_errno_message(message, call)
+    OPENSSL_4 ? "#{message} - #{call}" : message
+  end
+
+  def stock_timeout_message(event)
+    OPENSSL_4 ? "Timed out while waiting to become #{event}!" : "Timed out waiting for IO to become #{event}!"
+  end
+
   def test_close_notify_is_eof
     r = assert_same_as_stock do |c, s|
       s.puts "bye"
@@ -470,7 +482,7 @@ class TestIOUringSSL < Test::Unit::TestCase
       s.io.close
       error_of { c.sysread(10) }
     end
-    assert_equal [Errno::ECONNRESET, "Connection reset by peer"], r
+    assert_equal [Errno::ECONNRESET, stock_errno_message("Connection reset by peer", "SSL_read")], r
   end
 
   def test_write_after_peer_close_is_epipe
@@ -478,7 +490,7 @@ class TestIOUringSSL < Test::Unit::TestCase
       s.io.close
       error_of { 10.times { c.syswrite("x" * 1000) } }
     end
-    assert_equal [Errno::EPIPE, "Broken pipe"], r
+    assert_equal [Errno::EPIPE, stock_errno_message("Broken pipe", "SSL_write")], r
   end
 
   def test_own_close_then_read_is_ebadf
@@ -486,7 +498,7 @@ class TestIOUringSSL < Test::Unit::TestCase
       c.io.close
       error_of { c.sysread(10) }
     end
-    assert_equal [Errno::EBADF, "Bad file descriptor"], r
+    assert_equal [Errno::EBADF, stock_errno_message("Bad file descriptor", "SSL_read")], r
   end
 
   def test_io_timeout
@@ -498,7 +510,16 @@ class TestIOUringSSL < Test::Unit::TestCase
       s.puts "later"
       [e, c.gets]
     end
-    assert_equal [[IO::TimeoutError, "Timed out waiting for IO to become readable!"], "later\n"], r
+    assert_equal [[IO::TimeoutError, stock_timeout_message("readable")], "later\n"], r
+  end
+
+  def test_io_timeout_writing
+    r = assert_same_as_stock do |c, s|
+      c.io.timeout = 0.05
+      # the peer never reads: the socket fills, then the write times out
+      error_of { loop { c.syswrite("x" * 16384) } }
+    end
+    assert_equal [IO::TimeoutError, stock_timeout_message("writable")], r
   end
 
   def test_close_from_another_fiber
