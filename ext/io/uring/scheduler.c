@@ -38,6 +38,9 @@
 
 #define RING_ENTRIES 1024
 #define COMPLETION_ENTRIES 16384
+/* How long the SQPOLL thread of an M:N ring polls after the last
+ * submission before it sleeps (see ring_setup). */
+#define SQPOLL_IDLE_MS 2
 
 static VALUE cScheduler;
 VALUE cProcessStatus, cFiber;
@@ -224,12 +227,29 @@ ring_setup(struct uring_scheduler *s)
     params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED |
                    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     params.cq_entries = COMPLETION_ENTRIES;
-    /* With M:N threads a Ruby thread moves between native threads, and a
-     * single-issuer ring refuses (EEXIST) every other one. */
     if (io_uring_refused_by_env()) {
         rb_syserr_fail(EPERM, "io_uring_queue_init_params");
     }
-    ret = mn_threads ? -EINVAL : io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
+    /* With M:N threads a Ruby thread moves between native threads: a
+     * single-issuer ring refuses (EEXIST) every other one, and a request
+     * belongs to the thread that submitted it, which the VM may retire
+     * (master does) while it is pending: the kernel then ends it with
+     * -ECANCELED.  A submission thread of the kernel's own (SQPOLL), which
+     * lives as long as the ring, owns the requests instead.  Its short
+     * idle time bounds what it spins after the last submission. */
+    if (mn_threads) {
+        memset(&params, 0, sizeof(params));
+        params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED |
+                       IORING_SETUP_SQPOLL;
+        params.cq_entries = COMPLETION_ENTRIES;
+        params.sq_thread_idle = SQPOLL_IDLE_MS;
+        ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
+        /* kernels or policies without SQPOLL: the plain ring below */
+        if (ret == -EPERM || ret == -EOPNOTSUPP) ret = -EINVAL;
+    }
+    else {
+        ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
+    }
     if (ret == -EINVAL) {       /* kernels before 6.1, or M:N threads */
         memset(&params, 0, sizeof(params));
         params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED;
