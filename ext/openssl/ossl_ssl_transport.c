@@ -84,6 +84,18 @@ static int transport_bio_type;
 static int transport_enabled = 1;
 static void (*transport_timed_out)(int events);
 
+/* Raises ossl_ssl.c's IO::TimeoutError (see Init_ossl_ssl_transport()). */
+static NORETURN(void transport_timeout(int events));
+
+static void
+transport_timeout(int events)
+{
+    if (transport_timed_out) transport_timed_out(events);
+    /* not reached: the callback raises */
+    rb_raise(rb_eIOTimeoutError, "Timed out waiting for IO to become %s!",
+             events == RUBY_IO_WRITABLE ? "writable" : "readable");
+}
+
 static void
 transport_mark(void *ptr)
 {
@@ -444,16 +456,20 @@ transfer(struct ossl_transport *t, VALUE io, char *base, size_t size, int write,
         result = rb_protect(transfer_call, (VALUE)&x, &state);
         if (state) {
             VALUE error = rb_errinfo();
+            /* errinfo is an exception only when one was raised: a throw
+             * leaves internal data there, Fiber#kill and Thread#kill none */
+            int raised = RB_TYPE_P(error, T_OBJECT) && rb_obj_is_kind_of(error, rb_eException);
 
             /* Fiber#kill, Thread#kill, throw: the kernel may have moved
              * bytes nobody counted.  (An exception means it did not: a
              * completed transfer defers it, see transfer_call().) */
-            if (!rb_obj_is_kind_of(error, rb_eException)) t->broken = 1;
+            if (!raised) t->broken = 1;
             /* The hook's IO#timeout: raised as the socket BIO's wait would,
              * which is where stock notices it. */
-            if (rb_obj_is_kind_of(error, rb_eIOTimeoutError)) {
+            if (raised && rb_obj_is_kind_of(error, rb_eIOTimeoutError) &&
+                !NIL_P(rb_io_timeout(io))) {
                 rb_set_errinfo(Qnil);
-                transport_timed_out(write ? RUBY_IO_WRITABLE : RUBY_IO_READABLE);
+                transport_timeout(write ? RUBY_IO_WRITABLE : RUBY_IO_READABLE);
             }
             rb_jump_tag(state);
         }
@@ -473,7 +489,7 @@ static void
 transport_wait(VALUE io, int events)
 {
     if (!RTEST(rb_io_wait(io, RB_INT2NUM(events), RUBY_IO_TIMEOUT_DEFAULT)))
-        transport_timed_out(events);
+        transport_timeout(events);
 }
 
 static int

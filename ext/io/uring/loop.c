@@ -217,12 +217,24 @@ ring_submit(struct uring_scheduler *s)
     entered(s, io_uring_submit(&s->ring), "io_uring_submit");
 }
 
+/* The queue is full: submit.  On an SQPOLL ring (M:N threads) that only
+ * publishes the entries, and room comes when the kernel's thread has taken
+ * them: wait for it rather than spin. */
+static void
+sq_make_room(struct uring_scheduler *s)
+{
+    ring_submit(s);
+    if ((s->ring.flags & IORING_SETUP_SQPOLL) && io_uring_sq_space_left(&s->ring) == 0) {
+        entered(s, io_uring_sqring_wait(&s->ring), "io_uring_sqring_wait");
+    }
+}
+
 struct io_uring_sqe *
 sqe_get_slow(struct uring_scheduler *s)
 {
     struct io_uring_sqe *sqe;
 
-    while (!(sqe = io_uring_get_sqe(&s->ring))) ring_submit(s);
+    while (!(sqe = io_uring_get_sqe(&s->ring))) sq_make_room(s);
     return sqe;
 }
 
@@ -231,7 +243,7 @@ sqe_get_slow(struct uring_scheduler *s)
 void
 sq_reserve(struct uring_scheduler *s, unsigned int n)
 {
-    while (io_uring_sq_space_left(&s->ring) < n) ring_submit(s);
+    while (io_uring_sq_space_left(&s->ring) < n) sq_make_room(s);
 }
 
 /* A kernel that meets a signal inside a worker can hand the internal

@@ -236,7 +236,10 @@ ring_setup(struct uring_scheduler *s)
      * (master does) while it is pending: the kernel then ends it with
      * -ECANCELED.  A submission thread of the kernel's own (SQPOLL), which
      * lives as long as the ring, owns the requests instead.  Its short
-     * idle time bounds what it spins after the last submission. */
+     * idle time bounds what it spins after the last submission (one such
+     * thread per scheduler).  Before 5.11 an SQPOLL ring takes registered
+     * files only; there, and wherever SQPOLL is refused (privileges, thread
+     * limits), the plain ring below. */
     if (mn_threads) {
         memset(&params, 0, sizeof(params));
         params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED |
@@ -244,8 +247,11 @@ ring_setup(struct uring_scheduler *s)
         params.cq_entries = COMPLETION_ENTRIES;
         params.sq_thread_idle = SQPOLL_IDLE_MS;
         ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);
-        /* kernels or policies without SQPOLL: the plain ring below */
-        if (ret == -EPERM || ret == -EOPNOTSUPP) ret = -EINVAL;
+        if (ret == 0 && !(params.features & IORING_FEAT_SQPOLL_NONFIXED)) {
+            io_uring_queue_exit(&s->ring);
+            ret = -EINVAL;
+        }
+        if (ret < 0) ret = -EINVAL;
     }
     else {
         ret = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &params);

@@ -648,6 +648,24 @@ class TestIOUringScheduler < Test::Unit::TestCase
     assert_equal [nil] * n, results
   end
 
+  # The same under M:N threads, whose ring has the kernel's submission
+  # thread (SQPOLL): a full queue waits for that thread to take entries.
+  def test_full_submission_queue_under_mn_threads
+    assert_separately([{"RUBY_MN_THREADS" => "1"}, "-W:no-experimental", "-rio/uring"], <<~'RUBY', timeout: 60)
+      n = 700
+      results = []
+      IO.pipe do |r, w|
+        Thread.new do
+          Fiber.set_scheduler(IO::Uring::Scheduler.new)
+          Fiber.schedule { sleep 0.01 }
+          n.times { Fiber.schedule { results << r.wait_readable(0.2) } }
+          Fiber.schedule { sleep 2; w.write("x") }
+        end.join
+      end
+      assert_equal [nil] * n, results
+    RUBY
+  end
+
   # Nested Timeouts expiring in one turn: the inner one's end dropped the
   # outer one's pending raise, and the outer block ran on.
   def test_nested_timeouts_expiring_together
