@@ -8,10 +8,10 @@ require_relative 'scheduler'
 # descriptor are interrupted, the descriptor is held until they are gone, and
 # the scheduler's #io_close closes it.  This is the 3.4 series' protocol
 # (patch 0001).  Master has its own (a per-IO blocking-operation list), which
-# the master series extends with #io_close's -errno and users that cannot
-# leave: there, cases of this file still hang (a close from another thread
-# that does not wait for the users' loop, a closer interrupted while it
-# waits), see docs/proposals/io_close.md, so it runs on 3.4 only.
+# the master series extends (#io_close's -errno, users that cannot leave,
+# both halves of a duplex IO, an interrupted closer, finalizers).  The cases
+# where the two protocols still differ are omitted on master with the reason
+# (omit_on_master); see docs/proposals/io_close.md.
 class TestFiberIOCloseSeries < Test::Unit::TestCase
   # Records the descriptors #io_close is given; `result` decides what it does.
   class RecordingScheduler < Scheduler
@@ -56,7 +56,6 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   end
 
   def setup
-    omit "the 3.4 series' IO#close protocol (master has its own)" if RUBY_VERSION >= "4"
     @fds = open_fds
   end
 
@@ -70,6 +69,12 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
     Dir.children("/proc/self/fd").map(&:to_i).sort
   rescue Errno::ENOENT
     []
+  end
+
+  # Master's protocol differs here (a proposal, not a fix: the closer waits
+  # for every user, whichever thread runs it).
+  def omit_on_master(why)
+    omit "master's IO#close protocol: #{why}" if RUBY_VERSION >= "4"
   end
 
   def fd_open?(fd)
@@ -188,6 +193,7 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   # without touching the descriptor number, which may be another file's by
   # then.
   def test_close_from_another_thread_does_not_wait_for_its_loop
+    omit_on_master "a closer from another thread waits for the users' loop"
     require 'timeout'
     r, w = IO.pipe
     reading = Thread::Queue.new
@@ -222,6 +228,7 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   # does, and nothing of the fiber's reaches the new file: the scheduler
   # starts no operation on the number after #fiber_interrupt.
   def test_close_from_another_thread_then_number_reused
+    omit_on_master "a closer from another thread waits for the users' loop"
     require 'fcntl'
     require 'timeout'
     r, w = IO.pipe
@@ -261,6 +268,7 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   # The same with a Mutex: the closer holds it, and the root fiber of the
   # reader's thread waits for it.
   def test_close_from_another_thread_holding_a_mutex
+    omit_on_master "a closer from another thread waits for the users' loop, holding its mutex"
     require 'timeout'
     r, w = IO.pipe
     mutex = Thread::Mutex.new
@@ -486,6 +494,7 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   end
 
   def test_fiber_interrupt_raising
+    omit_on_master "a raising #fiber_interrupt leaves the close unfinished"
     r, w = IO.pipe
     error = nil
     reader_error = nil
@@ -684,7 +693,8 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   # close waits forever, and its fibers, whose stacks hold the wait list and
   # its users' entries, stay alive rather than be freed under the list.
   def test_abandoned_close_keeps_its_fibers
-    assert_separately([], <<~'RUBY', timeout: 60)
+    # IO::Buffer's experimental warning (printed on master) is not the test.
+    assert_separately(["-W:no-experimental"], <<~'RUBY', timeout: 60)
       require "objspace"
       class Forgetful
         def io_wait(io, events, timeout) = Fiber.yield
