@@ -357,6 +357,36 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
     w&.close
   end
 
+  # The same for a writable IO, whose close(2) may be offloaded by a
+  # scheduler (#blocking_operation_wait): interrupted, the closer closes it
+  # without running the scheduler again.
+  def test_closer_of_a_writer_interrupted_while_waiting
+    r, w = IO.pipe
+    fd = w.fileno
+    errors = []
+    closed = nil
+    with_scheduler(LazyScheduler) do
+      Fiber.schedule do
+        loop { w.write("x" * 65536) }
+      rescue IOError => error
+        errors << error
+      end
+      closer = Fiber.schedule do
+        w.close
+      rescue Interrupt => error
+        closed = [error.message, w.closed?, fd_open?(fd)]
+      end
+      closer.raise(Interrupt, "stop waiting")
+      Fiber.scheduler.release
+    end
+    assert_equal(["stop waiting", true, false], closed)
+    assert_equal(1, errors.size)
+    assert_closed_error(errors.first)
+  ensure
+    r&.close
+    w&.close
+  end
+
   def test_close_interrupts_writer
     r, w = IO.pipe
     error = nil
