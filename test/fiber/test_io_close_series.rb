@@ -71,8 +71,8 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
     []
   end
 
-  # Master's protocol differs here (a proposal, not a fix: the closer waits
-  # for every user, whichever thread runs it).
+  # Master's protocol differs here: changing it is a proposal of its own
+  # (docs/proposals/io_close.md), not a fix.
   def omit_on_master(why)
     omit "master's IO#close protocol: #{why}" if RUBY_VERSION >= "4"
   end
