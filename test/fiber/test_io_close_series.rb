@@ -524,7 +524,6 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   end
 
   def test_fiber_interrupt_raising
-    omit_on_master "a raising #fiber_interrupt leaves the close unfinished"
     r, w = IO.pipe
     error = nil
     reader_error = nil
