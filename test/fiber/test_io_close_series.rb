@@ -300,27 +300,9 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
     w&.close
   end
 
-  # The blocking root fiber of the scheduler's thread closes an IO one of its
-  # fibers waits on: the scheduler cannot run before the close returns, so
-  # the close must not wait for the fiber.
-  def test_close_by_blocking_fiber_of_the_same_thread
-    r, w = IO.pipe
-    error = nil
-    thread = Thread.new do
-      Fiber.set_scheduler(Scheduler.new)
-      Fiber.schedule do
-        r.read
-      rescue IOError => error
-      end
-      r.close
-      :closed
-    end
-    assert_equal(:closed, thread.value)
-    assert_closed_error(error)
-  ensure
-    r&.close
-    w&.close
-  end
+  # The blocking root fiber of the scheduler's thread closing an IO one of
+  # its fibers waits on: test_io_close_users.rb
+  # (test_blocking_closer_does_not_wait_for_its_own_schedulers_fiber).
 
   # A closer in a non-blocking fiber waits for the fibers of its own thread
   # using the descriptor (not for other threads' fibers: see
@@ -329,53 +311,37 @@ class TestFiberIOCloseSeries < Test::Unit::TestCase
   # does), it closes the IO anyway, raises, and the fiber leaving later
   # finds nothing dangling.
   def test_closer_interrupted_while_waiting
-    r, w = IO.pipe
-    fd = r.fileno
-    errors = []
-    closed = nil
-    with_scheduler(LazyScheduler) do
-      Fiber.schedule do
-        r.read
-      rescue IOError => error
-        errors << error
-      end
-      closer = Fiber.schedule do
-        r.close
-      rescue Interrupt => error
-        closed = [error.message, r.closed?, fd_open?(fd)]
-      end
-      # The closer waits for the reader, which LazyScheduler has not
-      # interrupted yet.
-      closer.raise(Interrupt, "stop waiting")
-      Fiber.scheduler.release
-    end
-    assert_equal(["stop waiting", true, false], closed)
-    assert_equal(1, errors.size)
-    assert_closed_error(errors.first)
-  ensure
-    r&.close
-    w&.close
+    assert_closer_interrupted_while_waiting(:reader) { |r, _w| r.read }
   end
 
   # The same for a writable IO, whose close(2) may be offloaded by a
   # scheduler (#blocking_operation_wait): interrupted, the closer closes it
   # without running the scheduler again.
   def test_closer_of_a_writer_interrupted_while_waiting
+    assert_closer_interrupted_while_waiting(:writer) { |_r, w| loop { w.write("x" * 65536) } }
+  end
+
+  # A user of one end of a pipe (the block), and a closer of that end that
+  # is raised into while LazyScheduler has not interrupted the user yet.
+  def assert_closer_interrupted_while_waiting(end_used)
     r, w = IO.pipe
-    fd = w.fileno
+    io = end_used == :reader ? r : w
+    fd = io.fileno
     errors = []
     closed = nil
     with_scheduler(LazyScheduler) do
       Fiber.schedule do
-        loop { w.write("x" * 65536) }
+        yield r, w
       rescue IOError => error
         errors << error
       end
       closer = Fiber.schedule do
-        w.close
+        io.close
       rescue Interrupt => error
-        closed = [error.message, w.closed?, fd_open?(fd)]
+        closed = [error.message, io.closed?, fd_open?(fd)]
       end
+      # The closer waits for the user, which LazyScheduler has not
+      # interrupted yet.
       closer.raise(Interrupt, "stop waiting")
       Fiber.scheduler.release
     end
